@@ -1,0 +1,8 @@
+"""maskclip-d2: MaskCLIP (Ding, Wang, Tu, ICML 2023) as a Detectron2 plugin.
+
+Importing the package registers its meta-architecture and datasets with Detectron2.
+"""
+from .config import add_maskclip_config
+from . import modeling  # noqa: F401  (registers META_ARCH_REGISTRY entries)
+
+__version__ = "0.1.0"
