@@ -1,0 +1,297 @@
+"""Build and load OpenAI CLIP models (``clip.model.CLIP``) for MaskCLIP.
+
+Three ways to get a CLIP:
+
+* ``build_clip_model(name, weights="random")``: the named architecture with random weights
+  (tests and demos; the results mean nothing);
+* ``build_clip_model(name)`` / ``load_clip(name)``: OpenAI's released weights for ``name``,
+  read from the cache folder (``~/.cache/clip`` unless told otherwise) and downloaded there
+  when missing and allowed;
+* ``build_clip_model(name, weights=path)`` / ``load_clip(path)``: a checkpoint file, either an
+  official TorchScript archive or a plain state dict saved with ``torch.save``.
+
+Every model returned is a ``clip.model.CLIP`` in float32 and eval mode.
+"""
+import dataclasses
+import logging
+import os
+import warnings
+import zipfile
+from typing import Dict, Optional, Union
+
+import clip
+import torch
+from clip.model import CLIP, VisionTransformer
+
+__all__ = ["CLIPArchitecture", "CLIP_ARCHITECTURES", "build_clip_model", "load_clip"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "MASKCLIP_CLIP_CACHE"
+DOWNLOAD_ENV = "MASKCLIP_CLIP_DOWNLOAD"
+DEFAULT_CACHE_DIR = "~/.cache/clip"
+_FALSE_WORDS = ("0", "false", "no", "off")
+
+# Entries that OpenAI's TorchScript archives hold besides the weights; clip.model.build_model
+# drops them before loading.
+_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPArchitecture:
+    """The hyper-parameters of a ViT CLIP, named as ``clip.model.CLIP.__init__`` names them.
+
+    The vision tower has ``vision_width // 64`` heads (fixed by ``clip.model.CLIP``), and
+    ``clip.model.build_model`` assumes ``transformer_width // 64`` text heads, so both widths
+    are multiples of 64 and ``transformer_heads == transformer_width // 64``.
+    """
+
+    embed_dim: int  # width of the joint image-text embedding space
+    image_resolution: int  # input side in pixels; (image_resolution // vision_patch_size)**2 patches
+    vision_layers: int
+    vision_width: int
+    vision_patch_size: int
+    context_length: int  # tokens per text
+    vocab_size: int  # 49408 for OpenAI's BPE tokenizer (clip.tokenize)
+    transformer_width: int  # text transformer
+    transformer_heads: int
+    transformer_layers: int
+
+    def build(self) -> CLIP:
+        """A ``clip.model.CLIP`` of this architecture with CLIP's own random initialisation."""
+        return CLIP(**dataclasses.asdict(self))
+
+    @classmethod
+    def from_model(cls, model: CLIP) -> "CLIPArchitecture":
+        """Reads the architecture of a built ViT CLIP; raises ValueError for a ResNet CLIP."""
+        visual = model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise ValueError(
+                f"MaskCLIP needs a ViT CLIP, got a CLIP whose image encoder is "
+                f"{type(visual).__name__}"
+            )
+        return cls(
+            embed_dim=model.text_projection.shape[1],
+            image_resolution=visual.input_resolution,
+            vision_layers=visual.transformer.layers,
+            vision_width=visual.transformer.width,
+            vision_patch_size=visual.conv1.kernel_size[0],
+            context_length=model.context_length,
+            vocab_size=model.vocab_size,
+            transformer_width=model.transformer.width,
+            transformer_heads=model.transformer.resblocks[0].attn.num_heads,
+            transformer_layers=model.transformer.layers,
+        )
+
+
+# Hyper-parameters of OpenAI's released ViT CLIPs, plus a tiny one for tests and demos.
+CLIP_ARCHITECTURES: Dict[str, CLIPArchitecture] = {
+    "ViT-B/32": CLIPArchitecture(
+        embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+        vision_patch_size=32, context_length=77, vocab_size=49408,
+        transformer_width=512, transformer_heads=8, transformer_layers=12,
+    ),
+    "ViT-B/16": CLIPArchitecture(
+        embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+        vision_patch_size=16, context_length=77, vocab_size=49408,
+        transformer_width=512, transformer_heads=8, transformer_layers=12,
+    ),
+    "ViT-L/14": CLIPArchitecture(
+        embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+        vision_patch_size=14, context_length=77, vocab_size=49408,
+        transformer_width=768, transformer_heads=12, transformer_layers=12,
+    ),
+    "ViT-L/14@336px": CLIPArchitecture(
+        embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+        vision_patch_size=14, context_length=77, vocab_size=49408,
+        transformer_width=768, transformer_heads=12, transformer_layers=12,
+    ),
+    # 4x4 patches of 16 pixels; the vocabulary stays OpenAI's so that clip.tokenize works.
+    "tiny": CLIPArchitecture(
+        embed_dim=64, image_resolution=64, vision_layers=4, vision_width=64,
+        vision_patch_size=16, context_length=77, vocab_size=49408,
+        transformer_width=64, transformer_heads=1, transformer_layers=2,
+    ),
+}
+
+
+def official_file_name(name: str) -> str:
+    """The file OpenAI publishes for ``name``, e.g. "ViT-L/14@336px" -> "ViT-L-14-336px.pt"."""
+    return os.path.basename(clip.clip._MODELS[name])
+
+
+def build_clip_model(
+    name: str,
+    weights: str = "",
+    cache_dir: Optional[str] = None,
+    download: Optional[bool] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> CLIP:
+    """Builds the CLIP called ``name`` (a key of ``CLIP_ARCHITECTURES``).
+
+    Args:
+        name: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" or "tiny".
+        weights: "" for OpenAI's released weights of ``name`` (see ``load_clip``), "random"
+            for CLIP's random initialisation, otherwise the path of a checkpoint file.
+        cache_dir, download: see ``load_clip``; only used when ``weights`` is "".
+        device: where the model goes.
+
+    Returns:
+        a ``clip.model.CLIP`` in float32 and eval mode. ``encode_image`` maps images
+        (N, 3, R, R), R = ``image_resolution``, to (N, embed_dim); ``encode_text`` maps tokens
+        (M, context_length) from ``clip.tokenize`` to (M, embed_dim).
+    """
+    if name not in CLIP_ARCHITECTURES:
+        raise ValueError(
+            f"Unknown CLIP model {name!r}; known models: {', '.join(CLIP_ARCHITECTURES)}"
+        )
+    architecture = CLIP_ARCHITECTURES[name]
+
+    if weights == "random":
+        logger.warning(
+            f"CLIP {name} has RANDOM weights: no pretrained CLIP is loaded, so features, "
+            f"predictions and scores are meaningless. Use this only for tests and smoke runs."
+        )
+        model = architecture.build()
+    elif weights == "":
+        if name not in clip.clip._MODELS:
+            raise ValueError(
+                f"CLIP {name!r} has no official weights: set weights to 'random' or to a "
+                f"checkpoint file"
+            )
+        model = load_clip(name, cache_dir=cache_dir, download=download)
+    else:
+        model = load_clip(weights)
+
+    try:
+        loaded = CLIPArchitecture.from_model(model)
+    except ValueError as err:
+        raise ValueError(f"CLIP weights {weights or name!r}: {err}") from err
+    if loaded != architecture:
+        logger.warning(
+            f"The CLIP weights {weights or name!r} do not have the architecture of {name}: "
+            f"expected {architecture}, loaded {loaded}. Using the loaded architecture."
+        )
+    return model.float().eval().to(device)
+
+
+def load_clip(
+    name_or_path: str,
+    cache_dir: Optional[str] = None,
+    download: Optional[bool] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> CLIP:
+    """Loads a CLIP from OpenAI's released weights or from a checkpoint file.
+
+    Args:
+        name_or_path: an official name ("ViT-B/32", "ViT-B/16", "ViT-L/14",
+            "ViT-L/14@336px"), whose file (e.g. "ViT-L-14-336px.pt") is looked up in
+            ``cache_dir``; or the path of a TorchScript archive as OpenAI publishes them, or of
+            a state dict saved with ``torch.save`` (possibly wrapped in a dict under a
+            "state_dict" or "model" key). The architecture is read from the weights.
+        cache_dir: folder of the official files; default: ``$MASKCLIP_CLIP_CACHE``, else
+            ``~/.cache/clip`` (where ``clip.load`` keeps them too).
+        download: whether an official file missing from ``cache_dir`` may be downloaded;
+            None (default): yes, unless ``$MASKCLIP_CLIP_DOWNLOAD`` is 0, false, no or off;
+            True / False override that variable. When downloads are off, a missing file
+            raises at once, before any network access.
+        device: where the model goes.
+
+    Returns:
+        a ``clip.model.CLIP`` in float32 and eval mode.
+
+    Raises:
+        FileNotFoundError: the file is missing (and may not be downloaded).
+        ValueError: the file is not a readable CLIP checkpoint.
+    """
+    if name_or_path in CLIP_ARCHITECTURES and name_or_path in clip.clip._MODELS:
+        path = _official_file(name_or_path, cache_dir, download)
+    elif os.path.isfile(name_or_path):
+        path = name_or_path
+    else:
+        official = [name for name in CLIP_ARCHITECTURES if name in clip.clip._MODELS]
+        raise FileNotFoundError(
+            f"CLIP weights {name_or_path!r} not found: it is neither an existing file nor an "
+            f"official CLIP name ({', '.join(official)})"
+        )
+
+    state_dict = _read_state_dict(path)
+    state_dict = {k: v for k, v in state_dict.items() if k not in _NON_WEIGHT_KEYS}
+    try:
+        # build_model reads the architecture from the shapes, casts the model to float16 and
+        # loads the weights; loading them again into the float32 model keeps full precision
+        # for float32 checkpoints.
+        model = clip.model.build_model(dict(state_dict)).float()
+        model.load_state_dict(state_dict)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} does not hold the weights of a CLIP model: {err}") from err
+    return model.eval().to(device)
+
+
+def _official_file(name: str, cache_dir: Optional[str], download: Optional[bool]) -> str:
+    """Path of the official file of ``name`` in the cache folder, downloaded if missing."""
+    cache_dir = os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+    file_name = official_file_name(name)
+    path = os.path.join(cache_dir, file_name)
+    if os.path.isfile(path):
+        return path
+
+    place_it = (
+        f"CLIP weights {name!r} not found: place {file_name} in {cache_dir} "
+        f"(or set {CACHE_ENV})"
+    )
+    if download is None:
+        if os.environ.get(DOWNLOAD_ENV, "").strip().lower() in _FALSE_WORDS:
+            raise FileNotFoundError(
+                f"{place_it}, or allow downloads (unset {DOWNLOAD_ENV}="
+                f"{os.environ[DOWNLOAD_ENV]})"
+            )
+    elif not download:
+        raise FileNotFoundError(f"{place_it}, or allow downloads (download=True)")
+
+    url = clip.clip._MODELS[name]
+    logger.info(f"Downloading CLIP weights {name} from {url} to {cache_dir}")
+    try:
+        # clip's own downloader checks the SHA256 written in the URL.
+        return clip.clip._download(url, cache_dir)
+    except OSError as err:
+        raise FileNotFoundError(f"{place_it}; downloading {url} failed: {err}") from err
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a CLIP checkpoint: an official TorchScript archive or a torch.save file.
+
+    Checkpoints are untrusted input. Plain files are read with ``weights_only=True``, which
+    only rebuilds tensors and containers. TorchScript archives are read with
+    ``torch.jit.load``, whose unpickler is TorchScript's restricted one: it does not execute
+    pickled Python code.
+    """
+    if zipfile.is_zipfile(path):  # TorchScript archives and torch.save files (since 1.6)
+        try:
+            with warnings.catch_warnings():
+                # OpenAI publishes TorchScript only, so its deprecation is no news to users.
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+                return dict(torch.jit.load(path, map_location="cpu").state_dict())
+        except RuntimeError:
+            pass  # not TorchScript: a torch.save zip, or damaged
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"Could not read CLIP weights from {path}: it is neither a TorchScript archive nor "
+            f"a file that torch.load(weights_only=True) reads ({type(err).__name__}). If the "
+            f"file is damaged, delete it and fetch it again."
+        ) from err
+
+    for wrapper_key in ("state_dict", "model"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper_key), dict):
+            checkpoint = checkpoint[wrapper_key]
+            break
+    if not isinstance(checkpoint, dict) or not all(
+        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    ):
+        raise ValueError(
+            f"{path} does not hold a CLIP state dict: expected a dict of tensors (optionally "
+            f"under a 'state_dict' or 'model' key), got {type(checkpoint).__name__}"
+        )
+    return checkpoint
