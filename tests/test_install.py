@@ -13,28 +13,36 @@ sys.path.insert(0, str(REPO / "tools"))
 import install_detectron2  # noqa: E402
 
 
-def test_installed_detectron2_is_current_patch_series_or_a_users_build():
-    version = metadata.version("detectron2")
-    import detectron2
+PACKAGES = [install_detectron2.DETECTRON2, install_detectron2.LVIS]
 
-    assert detectron2.__version__ == version
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_installed_package_is_current_patch_series_or_a_users_build(package):
+    version = metadata.version(package.name)
     if "+maskclip.patched." in version:
         # our offline build: it must be the patch series that is in the repository now
-        assert version == install_detectron2.wanted_version()
-        assert "patched" in metadata.metadata("detectron2")["Summary"]
+        assert version == package.wanted_version()
+        assert "patched" in metadata.metadata(package.name)["Summary"]
+    if package.name == "detectron2":
+        import detectron2
+
+        assert detectron2.__version__ == version
 
 
-def test_probe_accepts_the_installed_detectron2():
-    assert install_detectron2.probe_installed() == metadata.version("detectron2")
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_probe_accepts_the_installed_package(package):
+    assert install_detectron2.probe_installed(package) == metadata.version(package.name)
 
 
-def test_series_id_changes_with_the_patches(tmp_path, monkeypatch):
+def test_series_id_changes_with_the_patches(tmp_path):
+    import dataclasses
+
     (tmp_path / "0001-a.patch").write_text("one\n")
-    monkeypatch.setattr(install_detectron2, "PATCH_DIR", tmp_path)
-    first = install_detectron2.series_id()
+    package = dataclasses.replace(install_detectron2.DETECTRON2, patch_dir=tmp_path)
+    first = package.series_id()
     (tmp_path / "0001-a.patch").write_text("two\n")
-    assert install_detectron2.series_id() != first
-    assert install_detectron2.wanted_version().startswith("0.6+maskclip.patched.")
+    assert package.series_id() != first
+    assert package.wanted_version().startswith("0.6+maskclip.patched.")
 
 
 def _tar_with(names):
@@ -57,20 +65,21 @@ def test_sdist_extraction_takes_only_the_package_and_refuses_escaping_paths():
         list(install_detectron2._safe_members(tar, "detectron2/"))
 
 
-def test_bad_sdist_checksum_is_refused(tmp_path, monkeypatch):
-    fake = tmp_path / install_detectron2.SDIST_FILE
+def test_bad_archive_checksum_is_refused(tmp_path):
+    fake = tmp_path / install_detectron2.DETECTRON2.archive
     fake.write_bytes(b"not the real sdist")
     with pytest.raises(SystemExit, match="expected 5d2e9e51"):
-        install_detectron2.fetch_sdist(tmp_path)
+        install_detectron2.fetch_archive(install_detectron2.DETECTRON2, tmp_path)
     assert not fake.exists()  # removed, so a re-run fetches it again
 
 
-def test_every_patch_applies_to_nothing_else_than_detectron2():
-    patches = sorted((REPO / "tools" / "detectron2_patches").glob("*.patch"))
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_every_patch_touches_only_its_package(package):
+    patches = sorted(package.patch_dir.glob("*.patch"))
     assert patches
     for patch in patches:
         touched = [line.split()[1] for line in patch.read_text().splitlines() if line.startswith("+++ ")]
-        assert touched and all(t.startswith("b/detectron2/") for t in touched), patch.name
+        assert touched and all(t.startswith(f"b/{package.name}/") for t in touched), patch.name
 
 
 def test_setup_rerun_skips_installs():

@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-inputs="requirements.txt requirements-test.txt setup.py tools/install_detectron2.py $(ls tools/detectron2_patches/*.patch)"
+inputs="requirements.txt requirements-test.txt setup.py tools/install_detectron2.py $(ls tools/detectron2_patches/*.patch tools/lvis_patches/*.patch)"
 key=$(cat $inputs | sha256sum | cut -c1-16)
 stamp="$VENV/.maskclip-installed-$key"
 if [ -f "$stamp" ]; then

@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Time, FLOP-count and memory-profile the ways of getting one CLIP feature per mask.
+
+In one run, on one random-weight CLIP (the numbers do not depend on the weights) and one
+image with ``--masks`` random mask proposals:
+
+  plain            CLIP's own image encoding (``clip_model.visual``), the unit of cost;
+  mask_tokens      MaskCLIPVisualEncoder, mode "mask_tokens" (MaskCLIP w/o RMA);
+  rma              MaskCLIPVisualEncoder, mode "rma" (RMA at every L/4-th layer);
+  baseline         CLIPBaselineEncoder (each masked image through CLIP);
+  dense_reference  the dense-mask reference in tests/modeling/dense_reference.py, computed
+                   the way the authors' code does it ((M+1+N)^2 mask per head, all tokens
+                   attend to all, M x N x D products for all masks at once).
+
+Measures, all under ``torch.no_grad()``:
+  *_s         median wall time of ``--repeats`` forwards, taken round-robin over the paths
+              after one warm-up each (so that load from other processes hits all paths alike);
+  *_gflops    fvcore's FlopCountAnalysis, which counts one multiply-add as one flop; fvcore
+              has no rule for ``scaled_dot_product_attention``, so this script adds one
+              (2 * B * heads * Lq * Lk * head_dim, its two matmuls, whatever the mask);
+  *_peak_mb   the most memory allocated during one forward beyond what was allocated before
+              it: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the "Total Allocated"
+              running count of the CPU allocator that ``torch.profiler`` (profile_memory=True)
+              reports at every allocation and free, in a separate forward from the timed ones.
+
+The baseline costs one CLIP forward per mask, so on CPU it is timed, counted and profiled
+on ``--baseline-masks`` masks and its time and FLOPs are scaled by masks / baseline-masks
+(the JSON says so with ``baseline_masks_timed``).
+
+Usage:
+  python tools/benchmark_encoder.py --clip ViT-B/16 --masks 100 --device cpu [--json]
+  python tools/benchmark_encoder.py --clip ViT-L/14@336px --repeats 2 --baseline-masks 4
+"""
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))  # the dense reference lives there
+
+from dense_reference import dense_reference_forward  # noqa: E402
+
+from maskclip_d2.modeling import (  # noqa: E402
+    CLIPBaselineEncoder,
+    MaskCLIPVisualEncoder,
+    build_clip_model,
+)
+
+PATHS = ("plain", "mask_tokens", "rma", "baseline", "dense_reference")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clip", default="ViT-B/16", help="CLIP architecture (random weights)")
+    parser.add_argument("--masks", type=int, default=100, help="mask proposals per image")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed forwards per path")
+    parser.add_argument(
+        "--baseline-masks", type=int, default=None,
+        help="masks the baseline is measured on, then scaled (default: 10 on CPU, all on CUDA)",
+    )
+    parser.add_argument("--refine-chunk-size", type=int, default=16)
+    parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP counts")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return parser.parse_args()
+
+
+class _Path(nn.Module):
+    """A forward with tensor outputs only, for fvcore's tracer."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, images, masks):
+        out = self.fn(images, masks)
+        if isinstance(out, dict):
+            return (out["features"], *out["masks"])
+        return out
+
+
+def _sdpa_flops(inputs, outputs):
+    """fvcore handle for aten::scaled_dot_product_attention: q @ k^T and attn @ v."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k = get_shape(inputs[0]), get_shape(inputs[1])
+    batch = 1
+    for size in q[:-2]:
+        batch *= size
+    return 2 * batch * q[-2] * k[-2] * q[-1]
+
+
+def count_gflops(fn, images, masks):
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(_Path(fn), (images, masks))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return analysis.total() / 1e9
+
+
+def peak_mb(fn, images, masks, device):
+    """Peak memory allocated during one forward, beyond what was allocated before it."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn(images, masks)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(images, masks)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    ]
+    return max(totals, default=0) / 2**20  # counted from 0 at the start of the profile
+
+
+def random_masks(batch, num_masks, resolution, generator):
+    """Smooth random blobs, like upsampled proposal logits (about half of each is inside)."""
+    low = torch.randn(batch, num_masks, 8, 8, generator=generator) * 4
+    return F.interpolate(low, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+def main():
+    args = parse_args()
+    logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible")
+    baseline_masks = args.baseline_masks or (args.masks if device == "cuda" else 10)
+    baseline_masks = min(baseline_masks, args.masks)
+
+    torch.manual_seed(0)
+    model = build_clip_model(args.clip, weights="random", device=device)
+    visual = model.visual
+    R = visual.input_resolution
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, R, R, generator=generator).to(device)
+    masks = random_masks(1, args.masks, R, generator).to(device)
+
+    mask_tokens = MaskCLIPVisualEncoder(visual, mode="mask_tokens").to(device).eval()
+    rma = MaskCLIPVisualEncoder(
+        visual, mode="rma", refine_chunk_size=args.refine_chunk_size
+    ).to(device).eval()
+    baseline = CLIPBaselineEncoder(visual).to(device).eval()
+    fns = {
+        "plain": lambda im, m: visual(im),
+        "mask_tokens": mask_tokens,
+        "rma": rma,
+        "baseline": baseline,
+        "dense_reference": lambda im, m: dense_reference_forward(rma, im, m),
+    }
+    inputs = {p: (images, masks) for p in PATHS}
+    inputs["baseline"] = (images, masks[:, :baseline_masks])
+    scale = {p: 1.0 for p in PATHS}
+    scale["baseline"] = args.masks / baseline_masks
+
+    def timed(path):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fns[path](*inputs[path])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * scale[path]
+
+    results = {
+        "clip": args.clip, "masks": args.masks, "device": device,
+        "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "baseline_masks_timed": baseline_masks,
+        "patches": (R // rma.patch_size) ** 2, "rma_layers": [int(i) for i in rma.rma_layers],
+    }
+    with torch.no_grad():
+        for path in PATHS:  # warm-up
+            timed(path)
+        times = {path: [] for path in PATHS}
+        for _ in range(args.repeats):
+            for path in PATHS:
+                times[path].append(timed(path))
+        for path in PATHS:
+            results[f"{path}_s"] = statistics.median(times[path])
+            results[f"{path}_min_s"] = min(times[path])
+        for path in PATHS:
+            results[f"{path}_peak_mb"] = peak_mb(fns[path], *inputs[path], device)
+        if not args.no_flops:
+            for path in PATHS:
+                results[f"{path}_gflops"] = count_gflops(fns[path], *inputs[path]) * scale[path]
+
+    # Ratios the issue's targets are stated in.
+    plain_s = results["plain_s"]
+    results["baseline_over_mask_tokens"] = results["baseline_s"] / results["mask_tokens_s"]
+    for path in ("mask_tokens", "rma", "dense_reference"):
+        results[f"{path}_time_ratio"] = results[f"{path}_s"] / plain_s
+        if not args.no_flops:
+            flops_ratio = results[f"{path}_gflops"] / results["plain_gflops"]
+            results[f"{path}_flops_ratio"] = flops_ratio
+            # <= 1.25 is the target: as efficient as CLIP's own forward, per flop.
+            results[f"{path}_time_over_flops_ratio"] = results[f"{path}_time_ratio"] / flops_ratio
+    for path in ("mask_tokens", "rma", "dense_reference"):
+        results[f"{path}_added_peak_mb"] = results[f"{path}_peak_mb"] - results["plain_peak_mb"]
+    results["rma_added_over_dense_added_peak"] = (
+        results["rma_added_peak_mb"] / results["dense_reference_added_peak_mb"]
+        if results["dense_reference_added_peak_mb"] > 0 else float("nan")
+    )
+
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print(
+        f"CLIP {args.clip} (random weights), {args.masks} masks, {results['patches']} patches, "
+        f"device {device}, {results['threads']} threads, median of {args.repeats}"
+    )
+    header = f"{'path':<16}{'time s':>9}{'x plain':>9}{'GFLOPs':>9}{'x plain':>9}{'t/f':>7}{'peak MB':>10}"
+    print(header)
+    print("-" * len(header))
+    for path in PATHS:
+        t = results[f"{path}_s"]
+        row = f"{path:<16}{t:>9.3f}{t / plain_s:>9.2f}"
+        if not args.no_flops:
+            g = results[f"{path}_gflops"]
+            ratio = g / results["plain_gflops"]
+            row += f"{g:>9.1f}{ratio:>9.2f}{(t / plain_s) / ratio:>7.2f}"
+        else:
+            row += " " * 25
+        row += f"{results[f'{path}_peak_mb']:>10.1f}"
+        print(row)
+    if baseline_masks != args.masks:
+        print(f"baseline measured on {baseline_masks} masks, time and FLOPs scaled x{scale['baseline']:g}")
+    print(f"baseline / mask_tokens time: {results['baseline_over_mask_tokens']:.1f} (target >= 20)")
+    print(
+        f"peak added over plain: rma {results['rma_added_peak_mb']:.1f} MB, dense reference "
+        f"{results['dense_reference_added_peak_mb']:.1f} MB "
+        f"(ratio {results['rma_added_over_dense_added_peak']:.2f}, target <= 0.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()
