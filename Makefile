@@ -10,7 +10,7 @@ setup:
 
 demo: setup
 	$(PY) demo/demo.py --config-file configs/tiny/maskclip_tiny.yaml --output output/demo \
-		--vocab "person; astronaut; cat; coffee cup; rocket; sky; grass"
+		--task all --vocab "person, astronaut; cat; coffee cup; rocket; sky; grass"
 
 test: setup
 	MASKCLIP_CLIP_DOWNLOAD=0 $(PY) -m pytest -q tests

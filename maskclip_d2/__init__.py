@@ -3,6 +3,7 @@
 Importing the package registers its meta-architecture and datasets with Detectron2.
 """
 from .config import add_maskclip_config
+from . import data  # noqa: F401  (registers the datasets)
 from . import modeling  # noqa: F401  (registers META_ARCH_REGISTRY entries)
 
 __version__ = "0.1.0"

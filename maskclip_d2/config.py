@@ -1,9 +1,16 @@
-"""Config keys of maskclip-d2. Defaults are the paper's (ViT-L/14@336px, RMA at every L/4-th layer)."""
+"""Config keys of maskclip-d2. Defaults are the paper's (ViT-L/14@336px, RMA at every L/4-th
+layer, 100 proposals, 2 CE + 5 dice + 5 BCE, AdamW at 1e-4)."""
 from detectron2.config import CfgNode as CN
+
+from .modeling.mask2former_config import add_mask2former_config
+
+__all__ = ["add_maskclip_config"]
 
 
 def add_maskclip_config(cfg):
-    """Add the MaskCLIP keys to a Detectron2 config (idempotent)."""
+    """Add the MaskCLIP keys (and the proposal network's Mask2Former keys) to a Detectron2
+    config; idempotent. Returns ``cfg``."""
+    add_mask2former_config(cfg)
     if hasattr(cfg.MODEL, "MASKCLIP"):
         return cfg
 
@@ -16,6 +23,9 @@ def add_maskclip_config(cfg):
     cfg.MODEL.CLIP.WEIGHTS = ""
     # "" = $MASKCLIP_CLIP_CACHE or ~/.cache/clip.
     cfg.MODEL.CLIP.CACHE_DIR = ""
+    # CLIP's RGB normalisation, in 0-255 units.
+    cfg.MODEL.CLIP.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+    cfg.MODEL.CLIP.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
 
     # ---- MaskCLIP ------------------------------------------------------------------------
     cfg.MODEL.MASKCLIP = CN()
@@ -27,15 +37,50 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE = 16
     # Mask logits >= this (after sigmoid) mark a patch visible to a mask class token.
     cfg.MODEL.MASKCLIP.MASK_THRESHOLD = 0.5
+    # CLIP Baseline: masked images sent through CLIP at once.
+    cfg.MODEL.MASKCLIP.BASELINE_CHUNK_SIZE = 32
     # Logits = cosine similarity / TEMPERATURE.
     cfg.MODEL.MASKCLIP.TEMPERATURE = 0.01
     # Prompt templates; "{}" is replaced by the class name. ["{}"] = the bare name (authors).
     cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES = ["{}"]
-    # Number of mask proposals kept from the proposal network.
+    # Vocabulary used when no dataset is named (e.g. the demo); a dataset's metadata wins.
+    cfg.MODEL.MASKCLIP.VOCABULARY = []
+
+    # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
+    # R-CNN, one class, class-agnostic masks) or "gt" (ground-truth masks, paper Table 7).
+    cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK = "mask2former"
+    # Checkpoint of the (frozen) proposal network, e.g. a stage-1 model_final.pth.
+    cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
+    # Masks kept from the proposal network (top by objectness).
     cfg.MODEL.MASKCLIP.NUM_PROPOSALS = 100
-    # Training loss weights (paper: 2 CE + 5 dice + 5 BCE) and the no-object weight.
+    # Binary masks (ground truth, padding) enter the encoder as logits +-GT_MASK_LOGIT.
+    cfg.MODEL.MASKCLIP.GT_MASK_LOGIT = 10.0
+
+    # Training (stage 2): 2 CE + 5 dice + 5 BCE, Hungarian matching on sampled points.
     cfg.MODEL.MASKCLIP.CLASS_WEIGHT = 2.0
     cfg.MODEL.MASKCLIP.DICE_WEIGHT = 5.0
     cfg.MODEL.MASKCLIP.MASK_WEIGHT = 5.0
     cfg.MODEL.MASKCLIP.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.MASKCLIP.DEEP_SUPERVISION = True
+    cfg.MODEL.MASKCLIP.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASKCLIP.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASKCLIP.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # Inference outputs and panoptic post-processing (Mask2Former's defaults).
+    cfg.MODEL.MASKCLIP.TEST = CN()
+    cfg.MODEL.MASKCLIP.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = True
+    cfg.MODEL.MASKCLIP.TEST.INSTANCE_ON = True
+    cfg.MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.8
+
+    # ---- data ------------------------------------------------------------------------------
+    # Training mapper: "coco_panoptic_lsj" (large-scale jitter on panoptic records).
+    cfg.INPUT.DATASET_MAPPER_NAME = "coco_panoptic_lsj"
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # ---- solver ----------------------------------------------------------------------------
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
     return cfg

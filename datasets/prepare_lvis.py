@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Check the LVIS v1 val download for maskclip-d2 (nothing needs converting).
+
+LVIS v1 val is ``lvis/lvis_v1_val.json`` over COCO 2017 images (from both train2017 and
+val2017, as each image's ``coco_url`` says). This script checks that the JSON has the 1203
+categories the registration names, and that every image it lists is on disk.
+
+    python datasets/prepare_lvis.py [--root datasets]
+"""
+import argparse
+import json
+import os
+
+import tqdm
+from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+from maskclip_d2.data.datasets.utils import get_datasets_root
+from maskclip_d2.data.prepare_utils import require_download
+
+DOWNLOAD_HINT = (
+    "Download lvis_v1_val.json.zip from lvisdataset.org into lvis/, and the COCO 2017 "
+    "train2017.zip and val2017.zip images into coco/"
+)
+
+
+def check(root):
+    json_file = os.path.join(root, "lvis/lvis_v1_val.json")
+    require_download([os.path.join(root, "lvis"), json_file, os.path.join(root, "coco")],
+                     DOWNLOAD_HINT)
+    with open(json_file) as f:
+        lvis = json.load(f)
+    ids = sorted(c["id"] for c in lvis["categories"])
+    if ids != sorted(c["id"] for c in LVIS_CATEGORIES):
+        raise ValueError(f"{json_file}: expected the {len(LVIS_CATEGORIES)} LVIS v1 categories, "
+                         f"found {len(ids)}")
+    for img in tqdm.tqdm(lvis["images"], desc="LVIS v1 val images"):
+        split_folder, file_name = img["coco_url"].split("/")[-2:]
+        require_download([os.path.join(root, "coco", split_folder, file_name)], DOWNLOAD_HINT)
+    return len(lvis["images"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=get_datasets_root(),
+                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    args = parser.parse_args(argv)
+    num_images = check(args.root)
+    print(f"LVIS v1 val ready: {num_images} images under {os.path.join(args.root, 'coco')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+from .coco_panoptic_lsj_dataset_mapper import COCOPanopticLSJDatasetMapper

@@ -1,0 +1,93 @@
+"""Training mapper for COCO-panoptic-format datasets with large-scale jitter (LSJ).
+
+One record (Mask2Former's panoptic format: ``file_name``, ``pan_seg_file_name``,
+``segments_info`` with contiguous ``category_id`` and ``iscrowd``) becomes the image tensor and
+``instances`` with ``gt_classes`` (N,) and ``gt_masks`` (N, H, W) of every non-crowd segment,
+things and stuff alike: MaskCLIP classifies every panoptic segment.
+"""
+import copy
+import logging
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
+from panopticapi.utils import rgb2id
+
+__all__ = ["COCOPanopticLSJDatasetMapper", "build_lsj_augmentation"]
+
+
+def build_lsj_augmentation(cfg, is_train=True):
+    """Random flip, random rescale of IMAGE_SIZE by [MIN_SCALE, MAX_SCALE], fixed-size crop."""
+    if not is_train:
+        return []
+    augmentations = []
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augmentations.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+    size = cfg.INPUT.IMAGE_SIZE
+    augmentations += [
+        T.ResizeScale(
+            min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
+            target_height=size, target_width=size,
+        ),
+        T.FixedSizeCrop(crop_size=(size, size)),
+    ]
+    return augmentations
+
+
+class COCOPanopticLSJDatasetMapper:
+    """Maps one panoptic record to the model's training input (see module docstring)."""
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        logging.getLogger(__name__).info(
+            f"[COCOPanopticLSJDatasetMapper] augmentations: {augmentations}"
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_lsj_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        pan_seg = rgb2id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB"))
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        # nearest-neighbour for the id map; FixedSizeCrop pads ids with 0 = void
+        pan_seg = transforms.apply_segmentation(pan_seg)
+
+        height, width = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        segments = [s for s in dataset_dict.pop("segments_info") if not s.get("iscrowd", 0)]
+        masks = [pan_seg == s["id"] for s in segments]
+        keep = [i for i, m in enumerate(masks) if m.any()]  # segments cropped away are dropped
+        instances = Instances((height, width))
+        instances.gt_classes = torch.tensor(
+            [segments[i]["category_id"] for i in keep], dtype=torch.int64
+        )
+        if keep:
+            gt_masks = torch.from_numpy(np.stack([masks[i] for i in keep]))
+        else:
+            gt_masks = torch.zeros((0, height, width), dtype=torch.bool)
+        instances.gt_masks = BitMasks(gt_masks)
+        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = instances
+        return dataset_dict

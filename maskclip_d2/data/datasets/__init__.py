@@ -1,0 +1,13 @@
+"""One ``register_<dataset>.py`` per benchmark; importing this package registers them all
+under ``$DETECTRON2_DATASETS`` (default ``datasets``). Each module has a
+``register_all_<dataset>(root)`` to register again under another root. Registering never
+reads more than a small vocabulary file, so it works without the data; loading a dataset
+that is not prepared raises one error naming the missing folder and the prepare command."""
+from . import (  # noqa: F401
+    register_ade20k_150,
+    register_ade20k_full,
+    register_coco_ovd,
+    register_coco_panoptic,
+    register_lvis,
+    register_pascal_context,
+)

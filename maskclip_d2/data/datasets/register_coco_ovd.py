@@ -1,0 +1,82 @@
+"""The COCO 48 / 17 open-vocabulary instance split (OVR-CNN, XPM; Table 5 of the paper).
+
+48 base classes are seen in training, 17 target classes are not. Two evaluation settings:
+*constrained* (each group evaluated with only its own classes as vocabulary) and
+*generalized* (all 65 classes as vocabulary, AP50 reported per group and overall).
+
+Layout under the datasets root (official COCO 2017, then ``prepare_coco_ovd.py``)::
+
+    coco/{train,val}2017/, coco/annotations/instances_{train,val}2017.json   (official)
+    coco/annotations/instances_train2017_ovd_base.json      (prepared: base annotations)
+    coco/annotations/instances_val2017_ovd_{base,target,all}.json   (prepared)
+    coco/maskclip_categories_coco_ovd.json                  (prepared vocabulary, 65 classes)
+
+Each prepared val file keeps the val images with at least one annotation of the 65 classes
+and the annotations of its classes. Registers ``coco_2017_train_ovd_base``,
+``coco_2017_val_ovd_constrained_base``, ``coco_2017_val_ovd_constrained_target`` and
+``coco_2017_val_ovd_generalized``; their metadata ``ovd_groups`` ({"base": [COCO ids],
+"target": [COCO ids]}, the groups in the set) drives :class:`COCOOpenVocabularyEvaluator`.
+"""
+import os
+
+from detectron2.data.datasets import load_coco_json
+
+from .utils import get_datasets_root, read_categories, register_dataset, require_prepared
+
+PREPARE_COMMAND = "python datasets/prepare_coco_ovd.py"
+VOCABULARY_FILE = "coco/maskclip_categories_coco_ovd.json"
+
+# The split of OVR-CNN (Zareian et al., CVPR 2021), by COCO category name.
+COCO_OVD_BASE = (
+    "person", "bicycle", "car", "motorcycle", "train", "truck", "boat", "bench", "bird",
+    "horse", "sheep", "bear", "zebra", "giraffe", "backpack", "handbag", "suitcase", "frisbee",
+    "skis", "kite", "surfboard", "bottle", "fork", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "chair", "bed", "toilet",
+    "tv", "laptop", "mouse", "remote", "microwave", "oven", "toaster", "refrigerator", "book",
+    "clock", "vase", "toothbrush",
+)
+COCO_OVD_TARGET = (
+    "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard",
+    "skateboard", "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
+)
+
+# name -> (split, file suffix, groups)
+_DATASETS = {
+    "coco_2017_train_ovd_base": ("train", "base", ("base",)),
+    "coco_2017_val_ovd_constrained_base": ("val", "base", ("base",)),
+    "coco_2017_val_ovd_constrained_target": ("val", "target", ("target",)),
+    "coco_2017_val_ovd_generalized": ("val", "all", ("base", "target")),
+}
+
+
+def coco_ovd_json(root, split, suffix):
+    return os.path.join(root, f"coco/annotations/instances_{split}2017_ovd_{suffix}.json")
+
+
+def register_all_coco_ovd(root=None):
+    """Register the COCO 48/17 sets under ``root`` (default: the datasets root)."""
+    root = get_datasets_root() if root is None else root
+    categories = read_categories(os.path.join(root, VOCABULARY_FILE))
+    for name, (split, suffix, groups) in _DATASETS.items():
+        json_file = coco_ovd_json(root, split, suffix)
+        image_root = os.path.join(root, f"coco/{split}2017")
+
+        def load(name=name, json_file=json_file, image_root=image_root):
+            require_prepared(name, [os.path.join(root, "coco"), image_root, json_file,
+                                    os.path.join(root, VOCABULARY_FILE)], PREPARE_COMMAND)
+            return load_coco_json(json_file, image_root, name)
+
+        metadata = {"json_file": json_file, "image_root": image_root,
+                    "evaluator_type": "coco_ovd"}
+        if categories is not None:
+            cats = sorted((c for c in categories if c["split"] in groups), key=lambda c: c["id"])
+            metadata.update(
+                thing_classes=[c["name"] for c in cats],
+                thing_colors=[list(c["color"]) for c in cats],
+                thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
+                ovd_groups={g: [c["id"] for c in cats if c["split"] == g] for g in groups},
+            )
+        register_dataset(name, load, metadata)
+
+
+register_all_coco_ovd()

@@ -1,0 +1,124 @@
+"""What every ``register_<dataset>.py`` shares: the dataset root, (re)registration, the error
+for a dataset that was not prepared, and the vocabulary file the preparation scripts write.
+
+A vocabulary file is a small JSON that ``datasets/prepare_*.py`` writes next to the prepared
+data, with the class names read from the official download::
+
+    {"dataset": "ade20k_150",
+     "categories": [{"id": 0, "name": "wall", "isthing": 0, "color": [r, g, b]}, ...]}
+
+``id`` is the id used in the prepared annotation files, ``name`` the cleaned,
+human-readable name with synonyms separated by ", " (the model's text vocabulary), and the
+order of ``categories`` is the contiguous id.
+"""
+import json
+import os
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = [
+    "get_datasets_root",
+    "register_dataset",
+    "require_prepared",
+    "read_categories",
+    "write_json_atomic",
+    "deterministic_colors",
+    "vocabulary_metadata",
+]
+
+
+def get_datasets_root():
+    """The folder holding all datasets: ``$DETECTRON2_DATASETS``, default ``datasets``."""
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def register_dataset(name, loader, metadata):
+    """Register ``loader`` and ``metadata`` under ``name``, replacing an earlier registration.
+
+    Replacing is how this package gives open-vocabulary names to the few datasets Detectron2
+    already registers under the names Mask2Former uses (``coco_2017_train_panoptic``,
+    ``ade20k_sem_seg_val``, ``lvis_v1_val``), and how a registration can be moved to another
+    root (tests, notebooks).
+    """
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def require_prepared(dataset_name, paths, prepare_command):
+    """Raise one ``FileNotFoundError`` naming the first missing path and the command to run.
+
+    Args:
+        dataset_name (str): the registered name, for the message.
+        paths (list[str]): files or folders the loader reads, outermost first (the dataset's
+            own folder, then the prepared outputs), so the message names the real cause.
+        prepare_command (str): e.g. "python datasets/prepare_ade20k_150.py".
+    """
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Dataset '{dataset_name}' is not ready: {path} does not exist. Download the "
+                f"dataset as datasets/README.md describes (root: $DETECTRON2_DATASETS, default "
+                f"'datasets'), then run `{prepare_command}`."
+            )
+
+
+def read_categories(path):
+    """The ``categories`` of a vocabulary file, or None when it is not there (yet)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["categories"]
+
+
+def write_json_atomic(obj, path):
+    """Write ``obj`` as JSON so that ``path`` exists only once it is complete."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def deterministic_colors(num_colors, seed=0):
+    """``num_colors`` RGB colours ([r, g, b] lists of ints), the same on every run."""
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 256, size=(num_colors, 3)).tolist()
+
+
+def vocabulary_metadata(categories, *, panoptic):
+    """Detectron2 metadata for the class names of a vocabulary file.
+
+    Args:
+        categories (list[dict]): ``read_categories`` output, in contiguous-id order.
+        panoptic (bool): True for a dataset with things and stuff (Mask2Former's convention:
+            ``thing_classes`` and ``stuff_classes`` both list every class so a contiguous id
+            indexes either; ``thing_dataset_id_to_contiguous_id`` holds the things only and
+            ``stuff_dataset_id_to_contiguous_id`` every class, so that the semantic
+            evaluator works on panoptic datasets too). False for a semantic dataset, whose
+            classes are all "stuff".
+
+    Returns:
+        dict: ``thing_*`` / ``stuff_*`` classes, colours and id maps.
+    """
+    names = [c["name"] for c in categories]
+    colors = [list(c["color"]) for c in categories]
+    stuff_map = {c["id"]: i for i, c in enumerate(categories)}
+    meta = {
+        "stuff_classes": names,
+        "stuff_colors": colors,
+        "stuff_dataset_id_to_contiguous_id": stuff_map,
+    }
+    if panoptic:
+        meta.update(
+            thing_classes=list(names),
+            thing_colors=[list(c) for c in colors],
+            thing_dataset_id_to_contiguous_id={
+                c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+            },
+        )
+    return meta

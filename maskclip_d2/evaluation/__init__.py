@@ -1,0 +1,5 @@
+"""Evaluators of the paper's benchmarks, chosen from a dataset's ``evaluator_type``."""
+from .build import build_evaluator
+from .coco_ovd_evaluation import COCOOpenVocabularyEvaluator
+
+__all__ = ["build_evaluator", "COCOOpenVocabularyEvaluator"]

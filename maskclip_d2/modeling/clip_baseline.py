@@ -1,0 +1,110 @@
+"""The paper's CLIP Baseline (appendix A, Algorithm 1): every masked image through CLIP.
+
+Each mask, binarised (``sigmoid(logit) >= threshold``), multiplies the image; the masked
+images go through CLIP's image tower, a chunk of them per forward pass. It costs M CLIP
+forwards for M masks (the MaskCLIP Visual Encoder costs about one) and sees no context
+outside the mask. Same ``forward`` contract as ``MaskCLIPVisualEncoder``.
+"""
+from typing import Dict, Sequence
+
+import torch
+from clip.model import VisionTransformer
+from torch import nn
+
+from detectron2.config import configurable
+
+from .maskclip_encoder import pixels_in_mask
+
+__all__ = ["CLIPBaselineEncoder", "CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD"]
+
+# The normalisation of CLIP's preprocessing (clip.clip._transform), RGB in [0, 1].
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class CLIPBaselineEncoder(nn.Module):
+    """CLIP features of masked images, one CLIP forward per (image, mask) pair.
+
+    Pixels outside a mask become black, as in the paper's ``mask * image`` on RGB values: in
+    the CLIP-normalised input that is ``-mean / std`` per channel. CLIP is frozen and kept in
+    eval mode; the module has no trainable weights.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        visual: VisionTransformer,
+        *,
+        mask_threshold: float = 0.5,
+        chunk_size: int = 32,
+        pixel_mean: Sequence[float] = CLIP_PIXEL_MEAN,
+        pixel_std: Sequence[float] = CLIP_PIXEL_STD,
+    ):
+        """
+        Args:
+            visual: a CLIP image tower, ``clip_model.visual``.
+            mask_threshold: a pixel is kept when sigmoid(logit) >= this.
+            chunk_size: masked images per CLIP forward pass.
+            pixel_mean, pixel_std: the normalisation the images arrive with (RGB in [0, 1]);
+                they define black.
+        """
+        super().__init__()
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.visual = visual
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self.mask_threshold = mask_threshold
+        self.chunk_size = chunk_size
+        self.input_resolution = visual.input_resolution
+        black = -torch.tensor(pixel_mean) / torch.tensor(pixel_std)
+        self.register_buffer("background", black.view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, visual):
+        return {"visual": visual, "mask_threshold": cfg.MODEL.MASKCLIP.MASK_THRESHOLD}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.visual.eval()  # CLIP stays frozen in inference mode
+        return self
+
+    def forward(self, images: torch.Tensor, mask_logits: torch.Tensor) -> Dict[str, object]:
+        """
+        Args:
+            images: (B, 3, R, R) CLIP-normalised images at CLIP's input resolution R.
+            mask_logits: (B, M, R, R) mask logits, M >= 0.
+
+        Returns:
+            dict with "features": (B, M, E), CLIP's image embedding of each masked image
+            (not normalised), and "masks": [] (the baseline does not refine masks).
+        """
+        R = self.input_resolution
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, R, R):
+            raise ValueError(
+                f"images must be (B, 3, {R}, {R}) at the CLIP input resolution, got "
+                f"{tuple(images.shape)}; resize them first"
+            )
+        B = images.shape[0]
+        if mask_logits.dim() != 4 or mask_logits.shape[0] != B or tuple(mask_logits.shape[2:]) != (R, R):
+            raise ValueError(
+                f"mask_logits must be (B={B}, M, {R}, {R}), got {tuple(mask_logits.shape)}; "
+                f"resize proposals to the CLIP input resolution first"
+            )
+        M = mask_logits.shape[1]
+        dtype = self.visual.conv1.weight.dtype
+        keep = pixels_in_mask(mask_logits, self.mask_threshold).flatten(0, 1).unsqueeze(1)
+        image_of_pair = torch.arange(B, device=images.device).repeat_interleave(M)
+        background = self.background.to(images.dtype)
+
+        features = []
+        for start in range(0, B * M, self.chunk_size):
+            pairs = slice(start, start + self.chunk_size)
+            masked = torch.where(keep[pairs], images[image_of_pair[pairs]], background)
+            features.append(self.visual(masked.to(dtype)))
+        if not features:
+            output_dim = self.visual.output_dim
+            return {"features": images.new_zeros(B, 0, output_dim, dtype=dtype), "masks": []}
+        return {"features": torch.cat(features).view(B, M, -1), "masks": []}

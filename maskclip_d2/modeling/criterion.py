@@ -1,0 +1,178 @@
+"""Mask2Former's set criterion: Hungarian matching, then cross-entropy on the classes and
+BCE + dice on point-sampled masks, for the final prediction and every auxiliary one.
+
+The number of classes is a constructor argument: 1 for the class-agnostic proposal network,
+the training vocabulary's size for the MaskCLIP classifier.
+"""
+from typing import Dict, List
+
+import torch
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
+from detectron2.utils import comm
+from torch import nn
+from torch.nn import functional as F
+
+from .matcher import HungarianMatcher
+
+__all__ = ["dice_loss", "sigmoid_ce_loss", "calculate_uncertainty", "SetCriterion"]
+
+
+def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """Sum over masks of 1 - (2 |p t| + 1) / (|p| + |t| + 1), divided by ``num_masks``.
+
+    Args:
+        inputs: (N, P) logits (p = sigmoid); targets: (N, P) in [0, 1].
+    """
+    probs = inputs.sigmoid().flatten(1)
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """Sum over masks of the mean (over points) binary cross-entropy, divided by ``num_masks``.
+
+    Args:
+        inputs: (N, P) logits; targets: (N, P) in [0, 1].
+    """
+    loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """PointRend's uncertainty of a binary mask: -|logit|, highest at the decision boundary.
+
+    Args:
+        logits: (R, 1, ...). Returns the same shape.
+    """
+    return -logits.abs()
+
+
+class SetCriterion(nn.Module):
+    """Losses of a mask-classification model against a set of ground-truth masks.
+
+    ``forward(outputs, targets)`` returns the weighted losses: ``loss_ce``, ``loss_mask`` (BCE),
+    ``loss_dice`` for the final prediction and ``loss_ce_i``, ``loss_mask_i``, ``loss_dice_i``
+    for ``outputs["aux_outputs"][i]`` (when ``deep_supervision``); the total loss is their sum.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        *,
+        class_weight: float,
+        mask_weight: float,
+        dice_weight: float,
+        no_object_weight: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        deep_supervision: bool = True,
+    ):
+        """
+        Args:
+            num_classes: number of classes, no-object excluded (logits have num_classes + 1).
+            matcher: pairs queries with targets.
+            class_weight, mask_weight, dice_weight: weights of the CE, BCE and dice losses.
+            no_object_weight: CE weight of the no-object class (Mask2Former: 0.1).
+            num_points: points per matched mask at which BCE and dice are measured.
+            oversample_ratio, importance_sample_ratio: PointRend's k and beta for choosing the
+                points (uncertain points from k * num_points candidates, beta of them).
+            deep_supervision: also supervise ``outputs["aux_outputs"]``.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        self.no_object_weight = no_object_weight
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[-1] = no_object_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def loss_labels(self, outputs, targets, indices) -> Dict[str, torch.Tensor]:
+        """Weighted cross-entropy over all queries; unmatched queries' target is no-object."""
+        logits = outputs["pred_logits"].float()  # (B, Q, K + 1)
+        if logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(
+                f"pred_logits has {logits.shape[-1]} classes, the criterion expects "
+                f"num_classes + 1 = {self.num_classes + 1}"
+            )
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, (query_idx, target_idx) in enumerate(indices):
+            target_classes[b, query_idx.to(logits.device)] = targets[b]["labels"][target_idx.to(logits.device)]
+        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weights.to(logits))
+        return {"loss_ce": loss}
+
+    def loss_masks(self, outputs, targets, indices, num_masks: float) -> Dict[str, torch.Tensor]:
+        """BCE and dice between matched masks, at points chosen by PointRend's rule."""
+        pred_masks = outputs["pred_masks"]
+        matched_pred = torch.cat([pred_masks[b, q.to(pred_masks.device)] for b, (q, _) in enumerate(indices)])
+        if matched_pred.shape[0] == 0:
+            zero = pred_masks.sum() * 0.0
+            return {"loss_mask": zero, "loss_dice": zero}
+        matched_target = torch.cat(
+            [targets[b]["masks"][t.to(pred_masks.device)] for b, (_, t) in enumerate(indices)]
+        ).to(matched_pred)
+        # (N, 1, h, w) and (N, 1, H, W): point coordinates are normalised, sizes may differ
+        matched_pred = matched_pred[:, None]
+        matched_target = matched_target[:, None]
+        with torch.no_grad():
+            points = get_uncertain_point_coords_with_randomness(
+                matched_pred,
+                calculate_uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            point_labels = point_sample(matched_target, points, align_corners=False).squeeze(1)
+        point_logits = point_sample(matched_pred, points, align_corners=False).squeeze(1)
+        return {
+            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
+            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+        }
+
+    def _losses(self, outputs, targets, num_masks: float, suffix: str = "") -> Dict[str, torch.Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses = self.loss_labels(outputs, targets, indices)
+        losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        return {name + suffix: value * self.weight_dict[name] for name, value in losses.items()}
+
+    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: ``"pred_logits"`` (B, Q, num_classes + 1), ``"pred_masks"`` (B, Q, h, w),
+                optionally ``"aux_outputs"``: a list of dicts with the same two keys.
+            targets: B dicts, ``"labels"`` (M_b,) int64 in [0, num_classes) and ``"masks"``
+                (M_b, H, W) in {0, 1} (any dtype), aligned with the padded input image.
+
+        Returns:
+            the weighted losses (see the class docstring).
+        """
+        # masks in the batch, averaged over workers: every worker divides by the same number
+        num_masks = torch.as_tensor(
+            [float(sum(len(t["labels"]) for t in targets))], device=outputs["pred_masks"].device
+        )
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(num_masks)
+        num_masks = max(num_masks.item() / comm.get_world_size(), 1.0)
+
+        losses = self._losses(outputs, targets, num_masks)
+        if self.deep_supervision:
+            for index, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update(self._losses(aux, targets, num_masks, suffix=f"_{index}"))
+        return losses
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, weights={self.weight_dict}, "
+            f"no_object_weight={self.no_object_weight}, num_points={self.num_points}, "
+            f"oversample_ratio={self.oversample_ratio}, importance_sample_ratio={self.importance_sample_ratio}"
+        )

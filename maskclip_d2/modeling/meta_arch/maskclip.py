@@ -1,0 +1,310 @@
+"""The MaskCLIP meta-architecture: proposals -> MaskCLIP Visual Encoder -> open-vocabulary
+classification -> semantic / panoptic / instance outputs.
+
+One image through ``MaskCLIP.forward``:
+  1. the frozen proposal network gives Q class-agnostic mask logits, resampled to CLIP's input
+     resolution R over the whole image (``proposals.py``);
+  2. the image is resized to R x R and CLIP-normalised;
+  3. the encoder turns image + masks into one CLIP feature per mask (and, in "rma" mode,
+     refined masks, one set per RMA layer);
+  4. cosine similarity with the vocabulary's text embeddings / temperature gives class logits,
+     plus a no-object logit;
+  5. masks are resized to the output size and post-processed (``postprocessing.py``).
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.memory import retry_if_cuda_oom
+from torch import nn
+from torch.nn import functional as F
+
+from ..clip_baseline import CLIPBaselineEncoder
+from ..clip_loader import build_clip_model
+from ..criterion import SetCriterion
+from ..maskclip_encoder import MaskCLIPVisualEncoder
+from ..matcher import HungarianMatcher
+from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..proposals import GTProposals, build_proposal_network, gt_masks_of
+from ..text_encoder import CLIPTextEncoder
+
+__all__ = ["MaskCLIP", "vocabulary_from_metadata"]
+
+logger = logging.getLogger(__name__)
+
+
+def vocabulary_from_metadata(metadata):
+    """(class names, is_thing flags) of a dataset, in its contiguous-id order.
+
+    Panoptic and semantic datasets list every class in ``stuff_classes`` (Mask2Former's
+    convention) with things flagged by ``thing_dataset_id_to_contiguous_id``; instance-only
+    datasets list their classes in ``thing_classes``.
+    """
+    stuff = metadata.get("stuff_classes", None)
+    things = metadata.get("thing_classes", None)
+    if stuff:
+        thing_ids = set(metadata.get("thing_dataset_id_to_contiguous_id", {}).values())
+        return list(stuff), [i in thing_ids for i in range(len(stuff))]
+    if things:
+        return list(things), [True] * len(things)
+    raise ValueError(
+        f"dataset {metadata.name!r} has neither stuff_classes nor thing_classes in its metadata: "
+        "MaskCLIP reads its vocabulary from there"
+    )
+
+
+def resize_masks(masks: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
+    """(M, h, w) -> (M, *size), any M >= 0."""
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, *size))
+    align = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(masks[None], size, mode=mode, **align)[0]
+
+
+@META_ARCH_REGISTRY.register()
+class MaskCLIP(nn.Module):
+    """Open-vocabulary universal segmentation (Ding, Wang, Tu, ICML 2023).
+
+    Inputs: Detectron2 dataset dicts with ``"image"`` (3, H, W) in ``INPUT.FORMAT`` (RGB),
+    optional ``"height"``/``"width"`` (output size) and, for training or GT proposals,
+    ``"instances"`` with ``gt_masks`` and ``gt_classes`` (contiguous ids of the vocabulary).
+    Outputs (inference): per image a dict with any of ``"sem_seg"`` (K, h, w),
+    ``"panoptic_seg"`` and ``"instances"``, class ids indexing the current vocabulary.
+
+    The vocabulary is the training dataset's in training, the test dataset's in evaluation
+    (``set_vocabulary_from_metadata``), or any list of names (``set_vocabulary``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        proposal_network: nn.Module,
+        encoder: nn.Module,
+        text_encoder: CLIPTextEncoder,
+        criterion: Optional[SetCriterion],
+        vocabulary: Sequence[str],
+        is_thing: Optional[Sequence[bool]] = None,
+        clip_pixel_mean: Sequence[float],
+        clip_pixel_std: Sequence[float],
+        input_format: str = "RGB",
+        semantic_on: bool = True,
+        panoptic_on: bool = True,
+        instance_on: bool = True,
+        object_mask_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+        detections_per_image: int = 100,
+        use_objectness: bool = True,
+    ):
+        """
+        Args:
+            proposal_network: maps (batched_inputs, R) to mask logits (B, Q, R, R) and
+                objectness (B, Q) (see ``proposals.py``); frozen.
+            encoder: ``MaskCLIPVisualEncoder`` or ``CLIPBaselineEncoder`` over CLIP's image tower.
+            text_encoder: CLIP's text side: (features, vocabulary) -> logits, cached embeddings.
+            criterion: training losses over the vocabulary + no-object (None: inference only).
+            vocabulary, is_thing: the initial vocabulary and its thing / stuff flags.
+            clip_pixel_mean, clip_pixel_std: CLIP's RGB normalisation, in 0-255 units.
+            input_format: channel order of ``"image"`` ("RGB" or "BGR").
+            semantic_on, panoptic_on, instance_on: which outputs inference returns.
+            object_mask_threshold, overlap_threshold: panoptic post-processing.
+            detections_per_image: instances kept per image.
+            use_objectness: multiply class probabilities by the proposals' objectness (the
+                no-object logit of the training-free modes carries no information).
+        """
+        super().__init__()
+        if not (semantic_on or panoptic_on or instance_on):
+            raise ValueError("at least one of semantic, panoptic and instance output must be on")
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+        self.proposal_network = proposal_network
+        self.encoder = encoder
+        self.text_encoder = text_encoder
+        self.criterion = criterion
+        self.input_format = input_format
+        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.detections_per_image = detections_per_image
+        self.use_objectness = use_objectness
+        self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
+        self.set_vocabulary(vocabulary, is_thing)
+
+    @classmethod
+    def from_config(cls, cfg):
+        mc = cfg.MODEL.MASKCLIP
+        clip_model = build_clip_model(
+            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None
+        )
+        if mc.MODE == "baseline":
+            encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
+        else:
+            encoder = MaskCLIPVisualEncoder(cfg, clip_model.visual)
+        text_encoder = CLIPTextEncoder(cfg, clip_model)
+
+        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+        if dataset:
+            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
+        else:
+            vocabulary, is_thing = list(mc.VOCABULARY), None
+        if not vocabulary:
+            raise ValueError(
+                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
+                "or list class names in MODEL.MASKCLIP.VOCABULARY"
+            )
+
+        criterion = None
+        if mc.MODE == "rma":
+            matcher = HungarianMatcher(
+                cost_class=mc.CLASS_WEIGHT, cost_mask=mc.MASK_WEIGHT, cost_dice=mc.DICE_WEIGHT,
+                num_points=mc.TRAIN_NUM_POINTS,
+            )
+            criterion = SetCriterion(
+                len(vocabulary), matcher,
+                class_weight=mc.CLASS_WEIGHT, mask_weight=mc.MASK_WEIGHT,
+                dice_weight=mc.DICE_WEIGHT, no_object_weight=mc.NO_OBJECT_WEIGHT,
+                num_points=mc.TRAIN_NUM_POINTS, oversample_ratio=mc.OVERSAMPLE_RATIO,
+                importance_sample_ratio=mc.IMPORTANCE_SAMPLE_RATIO,
+                deep_supervision=mc.DEEP_SUPERVISION,
+            )
+        test = mc.TEST
+        return {
+            "proposal_network": build_proposal_network(cfg),
+            "encoder": encoder,
+            "text_encoder": text_encoder,
+            "criterion": criterion,
+            "vocabulary": vocabulary,
+            "is_thing": is_thing,
+            "clip_pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
+            "clip_pixel_std": cfg.MODEL.CLIP.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "use_objectness": mc.MODE != "rma" and mc.PROPOSAL_NETWORK != "gt",
+        }
+
+    # ---- vocabulary ----------------------------------------------------------------------
+    def set_vocabulary(self, names: Sequence[str], is_thing: Optional[Sequence[bool]] = None):
+        """Classify against ``names`` from now on ("a, b" = synonyms of one class). Text
+        embeddings are computed once per vocabulary and cached."""
+        names = list(names)
+        self.text_encoder.encode_vocabulary(names)  # checks the names, caches the embeddings
+        if is_thing is None:
+            is_thing = [True] * len(names)
+        if len(is_thing) != len(names):
+            raise ValueError(f"is_thing has {len(is_thing)} flags for {len(names)} classes")
+        self.vocabulary = names
+        self.is_thing = torch.tensor(list(is_thing), dtype=torch.bool)
+
+    def set_vocabulary_from_metadata(self, metadata):
+        self.set_vocabulary(*vocabulary_from_metadata(metadata))
+
+    # ---- forward ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.clip_pixel_mean.device
+
+    @property
+    def clip_resolution(self) -> int:
+        return self.encoder.input_resolution
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.proposal_network.eval()  # frozen stage 1
+        return self
+
+    def clip_images(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """(B, 3, R, R): every image resized to CLIP's input resolution and CLIP-normalised."""
+        size = self.clip_resolution
+        images = []
+        for x in batched_inputs:
+            image = x["image"].to(self.device).float()
+            if self.input_format == "BGR":
+                image = image.flip(0)
+            image = F.interpolate(
+                image[None], (size, size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            images.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
+        return torch.stack(images)
+
+    def forward(self, batched_inputs: List[Dict]):
+        size = self.clip_resolution
+        mask_logits, objectness = self.proposal_network(batched_inputs, size)
+        mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
+        encoded = self.encoder(self.clip_images(batched_inputs), mask_logits)
+        # (B, M, K + 1): the vocabulary, then no-object
+        class_logits = self.text_encoder(encoded["features"], self.vocabulary, no_object=True)
+        refined = encoded["masks"]
+
+        if self.training:
+            return self.losses(batched_inputs, class_logits, refined)
+
+        if isinstance(self.proposal_network, GTProposals):
+            output_masks = None  # the ground-truth masks themselves (Table 7)
+        else:
+            output_masks = refined[-1] if refined else mask_logits
+        class_probs = class_logits.float().softmax(-1)
+        if self.use_objectness:
+            class_probs = torch.cat(
+                [class_probs[..., :-1] * objectness[..., None], class_probs[..., -1:]], dim=-1
+            )
+        results = []
+        for b, x in enumerate(batched_inputs):
+            height = x.get("height", x["image"].shape[-2])
+            width = x.get("width", x["image"].shape[-1])
+            if output_masks is None:
+                gt = gt_masks_of(x).float().to(self.device)
+                mask_probs = resize_masks(gt, (height, width), mode="nearest")
+                probs = class_probs[b, : len(gt)]
+            else:
+                mask_probs = resize_masks(output_masks[b].float(), (height, width)).sigmoid()
+                probs = class_probs[b]
+            results.append(self.inference_one(probs, mask_probs))
+        return results
+
+    def inference_one(self, class_probs: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
+        result = {}
+        if self.semantic_on:
+            result["sem_seg"] = retry_if_cuda_oom(semantic_inference)(class_probs, mask_probs)
+        if self.panoptic_on:
+            result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
+                class_probs, mask_probs, self.is_thing, self.object_mask_threshold,
+                self.overlap_threshold,
+            )
+        if self.instance_on:
+            result["instances"] = retry_if_cuda_oom(instance_inference)(
+                class_probs, mask_probs, self.detections_per_image
+            )
+        return result
+
+    def losses(self, batched_inputs, class_logits, refined) -> Dict[str, torch.Tensor]:
+        """Hungarian-matched CE over the vocabulary + no-object, and dice + BCE on the masks of
+        every RMA layer (deep supervision; the last layer's are the main output)."""
+        if self.criterion is None:
+            raise RuntimeError(
+                f"MaskCLIP in mode {type(self.encoder).__name__} has nothing to train: "
+                "only MODEL.MASKCLIP.MODE 'rma' trains (its RMA weights)"
+            )
+        if len(self.vocabulary) != self.criterion.num_classes:
+            raise ValueError(
+                f"the training criterion was built for {self.criterion.num_classes} classes, "
+                f"the current vocabulary has {len(self.vocabulary)}"
+            )
+        targets = []
+        for x in batched_inputs:
+            instances = x["instances"].to(self.device)
+            targets.append({"labels": instances.gt_classes, "masks": gt_masks_of(x).to(self.device)})
+        outputs = {"pred_logits": class_logits, "pred_masks": refined[-1]}
+        outputs["aux_outputs"] = [
+            {"pred_logits": class_logits, "pred_masks": masks} for masks in refined[:-1]
+        ]
+        return self.criterion(outputs, targets)

@@ -1,0 +1,2 @@
+from .ms_deform_attn import MSDeformAttn, multi_scale_deformable_attention
+from .msdeformattn import MSDeformAttnPixelDecoder, build_pixel_decoder

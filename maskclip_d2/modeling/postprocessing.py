@@ -1,0 +1,114 @@
+"""From per-mask class probabilities and mask probabilities to Detectron2's three outputs.
+
+Inputs, for one image (M masks, K vocabulary classes, H x W the output resolution):
+    class_probs: (M, K + 1) probabilities over the vocabulary and a last "no object" column.
+    mask_probs: (M, H, W) in [0, 1].
+Outputs follow Detectron2's format: ``sem_seg`` (K, H, W) scores; ``panoptic_seg`` a tuple
+(segment ids (H, W) int32, list of segment dicts); ``instances`` an ``Instances``.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from detectron2.structures import BitMasks, Instances
+
+__all__ = ["semantic_inference", "panoptic_inference", "instance_inference"]
+
+
+def semantic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
+    """Per-pixel class scores (K, H, W): each mask votes for its classes where it is on."""
+    return torch.einsum("mk,mhw->khw", class_probs[:, :-1], mask_probs)
+
+
+def panoptic_inference(
+    class_probs: torch.Tensor,
+    mask_probs: torch.Tensor,
+    is_thing: torch.Tensor,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+) -> Tuple[torch.Tensor, List[Dict]]:
+    """Non-overlapping segments: each pixel goes to the kept mask with the highest
+    score x mask probability; stuff segments of one class are merged.
+
+    Args:
+        is_thing: (K,) bool, whether each vocabulary class is a thing (else stuff).
+        object_mask_threshold: masks whose best class score is below this are dropped.
+        overlap_threshold: a segment is dropped when less than this fraction of its mask
+            (mask_prob >= 0.5) survives the per-pixel assignment.
+    Returns:
+        (segment ids (H, W) int32 with 0 = void, segments_info) as Detectron2's
+        ``panoptic_seg``; segment dicts have ``id``, ``category_id`` (0-based vocabulary
+        index), ``isthing``, ``score`` and ``area``.
+    """
+    height, width = mask_probs.shape[-2:]
+    scores, labels = class_probs.max(-1)
+    num_classes = class_probs.shape[-1] - 1
+    keep = (labels != num_classes) & (scores > object_mask_threshold)
+    scores, labels, mask_probs = scores[keep], labels[keep], mask_probs[keep]
+
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_probs.device)
+    segments_info: List[Dict] = []
+    if len(scores) == 0:
+        return panoptic_seg, segments_info
+
+    owner = (scores[:, None, None] * mask_probs).argmax(0)  # (H, W) index of the winning mask
+    mask_ids = torch.arange(len(scores), device=owner.device)
+    owned = owner[None] == mask_ids[:, None, None]  # (M', H, W)
+    on = mask_probs >= 0.5
+    areas = (owned & on).flatten(1).sum(1)
+    original_areas = on.flatten(1).sum(1)
+    survives = (areas > 0) & (original_areas > 0)
+    survives &= areas >= overlap_threshold * original_areas.clamp(min=1)
+
+    stuff_segment_of_class: Dict[int, int] = {}
+    for m in torch.nonzero(survives).flatten().tolist():
+        category = int(labels[m])
+        thing = bool(is_thing[category])
+        region = owned[m] & on[m]
+        if not thing and category in stuff_segment_of_class:
+            segment_id = stuff_segment_of_class[category]
+            panoptic_seg[region] = segment_id
+            segments_info[segment_id - 1]["area"] += int(region.sum())
+            continue
+        segment_id = len(segments_info) + 1
+        panoptic_seg[region] = segment_id
+        segments_info.append(
+            {
+                "id": segment_id,
+                "category_id": category,
+                "isthing": thing,
+                "score": float(scores[m]),
+                "area": int(region.sum()),
+            }
+        )
+        if not thing:
+            stuff_segment_of_class[category] = segment_id
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    class_probs: torch.Tensor, mask_probs: torch.Tensor, max_detections: int
+) -> Instances:
+    """Top-``max_detections`` (mask, class) pairs by class score x mask quality.
+
+    Mask quality is the mean mask probability inside the binarised mask, as in Mask2Former.
+    Returns Instances with ``pred_masks`` (N, H, W) bool, ``pred_boxes``, ``scores`` and
+    ``pred_classes`` (0-based vocabulary indices).
+    """
+    num_masks, num_classes = class_probs.shape[0], class_probs.shape[1] - 1
+    height, width = mask_probs.shape[-2:]
+    flat_scores = class_probs[:, :-1].flatten()
+    k = min(max_detections, flat_scores.numel())
+    top_scores, top_index = flat_scores.topk(k)
+    mask_index = top_index // num_classes
+    labels = top_index % num_classes
+
+    masks = mask_probs[mask_index]
+    binary = masks >= 0.5
+    mask_quality = (masks * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
+
+    result = Instances((height, width))
+    result.pred_masks = binary
+    result.pred_boxes = BitMasks(binary).get_bounding_boxes()
+    result.scores = top_scores * mask_quality
+    result.pred_classes = labels
+    return result

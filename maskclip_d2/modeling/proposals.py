@@ -1,0 +1,182 @@
+"""MaskCLIP's first stage: class-agnostic mask proposals, frozen.
+
+Every proposal source maps a batch of Detectron2 inputs to ``(mask_logits, objectness)``:
+``mask_logits`` (B, Q, S, S) cover each image's unpadded extent resampled to S x S (the CLIP
+input resolution), ``objectness`` (B, Q) in [0, 1]. Sources, chosen by
+``MODEL.MASKCLIP.PROPOSAL_NETWORK``:
+
+* ``"mask2former"``: the class-agnostic Mask2Former (``ClassAgnosticMask2Former``);
+* ``"maskrcnn"``: Detectron2's Mask R-CNN with one class and class-agnostic masks;
+* ``"gt"``: the ground-truth masks of the inputs (the paper's Table 7 setting).
+"""
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import paste_masks_in_image
+from detectron2.modeling import GeneralizedRCNN
+from detectron2.structures import BitMasks, PolygonMasks
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import roi_align
+
+from .meta_arch.class_agnostic_mask2former import ClassAgnosticMask2Former
+
+__all__ = ["build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals"]
+
+logger = logging.getLogger(__name__)
+
+
+def crop_and_resize(mask_logits: torch.Tensor, image_sizes, stride: float, size: int) -> torch.Tensor:
+    """Crops each image's valid extent out of padded low-resolution maps and resamples it.
+
+    Args:
+        mask_logits: (B, Q, h, w) maps over the padded batch, ``stride`` input pixels apart.
+        image_sizes: B (height, width) of the unpadded images, in input pixels.
+        size: output side S.
+    Returns:
+        (B, Q, S, S): bilinear, pixel-centre aligned (``roi_align(aligned=True)``).
+    """
+    boxes = torch.tensor(
+        [[i, 0.0, 0.0, float(w), float(h)] for i, (h, w) in enumerate(image_sizes)],
+        dtype=mask_logits.dtype, device=mask_logits.device,
+    )
+    return roi_align(mask_logits, boxes, (size, size), 1.0 / stride, sampling_ratio=0, aligned=True)
+
+
+def _frozen(module: nn.Module, weights: str) -> nn.Module:
+    if weights:
+        DetectionCheckpointer(module).load(weights)
+    else:
+        logger.warning(
+            "MODEL.MASKCLIP.PROPOSAL_WEIGHTS is empty: the proposal network keeps its "
+            "initialisation unless MODEL.WEIGHTS holds a full MaskCLIP checkpoint."
+        )
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+class _FrozenProposals(nn.Module):
+    """Keeps the wrapped network in eval mode and out of autograd."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.network.eval()
+        return self
+
+
+class Mask2FormerProposals(_FrozenProposals):
+    def __init__(self, network: ClassAgnosticMask2Former, num_proposals: int):
+        super().__init__()
+        self.network = network
+        self.num_proposals = num_proposals
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        images = self.network.preprocess_image(batched_inputs)
+        mask_logits, objectness_logits = self.network.propose(images.tensor)
+        objectness = objectness_logits.sigmoid()
+        k = min(self.num_proposals, objectness.shape[1])
+        objectness, top = objectness.topk(k, dim=1)
+        mask_logits = mask_logits.gather(
+            1, top[..., None, None].expand(-1, -1, *mask_logits.shape[-2:])
+        )
+        stride = images.tensor.shape[-1] / mask_logits.shape[-1]
+        return crop_and_resize(mask_logits, images.image_sizes, stride, size), objectness
+
+
+class MaskRCNNProposals(_FrozenProposals):
+    """Mask R-CNN's detections as proposals; fewer than Q detections are padded with empty
+    masks of objectness 0."""
+
+    def __init__(self, network: GeneralizedRCNN, num_proposals: int, mask_logit: float):
+        super().__init__()
+        self.network = network
+        self.num_proposals = num_proposals
+        self.mask_logit = mask_logit
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        detections = self.network.inference(batched_inputs, do_postprocess=False)
+        images = self.network.preprocess_image(batched_inputs)
+        device = images.tensor.device
+        logits = torch.full(
+            (len(detections), self.num_proposals, size, size), -self.mask_logit, device=device
+        )
+        objectness = torch.zeros((len(detections), self.num_proposals), device=device)
+        for b, (det, (h, w)) in enumerate(zip(detections, images.image_sizes)):
+            det = det[: self.num_proposals]
+            if len(det) == 0:
+                continue
+            # soft masks (N, 1, 28, 28) pasted into the image, then resampled to S x S
+            soft = paste_masks_in_image(det.pred_masks[:, 0], det.pred_boxes, (h, w), threshold=-1)
+            soft = soft.float() / 255.0 if soft.dtype == torch.uint8 else soft.float()
+            soft = F.interpolate(soft[None], (size, size), mode="bilinear", align_corners=False)[0]
+            logits[b, : len(det)] = torch.logit(soft.clamp(1e-6, 1 - 1e-6))
+            objectness[b, : len(det)] = det.scores
+        return logits, objectness
+
+
+class GTProposals(nn.Module):
+    """Ground-truth masks as proposals: logits +-``mask_logit``, objectness 1; images with
+    fewer masks than the batch's largest are padded with empty masks of objectness 0."""
+
+    def __init__(self, mask_logit: float):
+        super().__init__()
+        self.mask_logit = mask_logit
+
+    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        masks = [gt_masks_of(x) for x in batched_inputs]
+        count = max([len(m) for m in masks], default=0)
+        logits = torch.full((len(masks), count, size, size), -self.mask_logit)
+        objectness = torch.zeros((len(masks), count))
+        for b, m in enumerate(masks):
+            if len(m):
+                resized = F.interpolate(m[None].float(), (size, size), mode="nearest")[0]
+                logits[b, : len(m)] = (2 * resized - 1) * self.mask_logit
+                objectness[b, : len(m)] = 1.0
+        return logits, objectness
+
+
+def gt_masks_of(dataset_dict: Dict) -> torch.Tensor:
+    """(N, H, W) bool ground-truth masks of a mapped input (its ``instances``)."""
+    if "instances" not in dataset_dict:
+        raise ValueError(
+            "MODEL.MASKCLIP.PROPOSAL_NETWORK 'gt' needs ground truth in the inputs: "
+            "use a dataset with annotations and a mapper that keeps them"
+        )
+    instances = dataset_dict["instances"]
+    height, width = instances.image_size
+    if not instances.has("gt_masks"):
+        return torch.zeros((0, height, width), dtype=torch.bool)
+    gt_masks = instances.gt_masks
+    if isinstance(gt_masks, PolygonMasks):
+        gt_masks = BitMasks.from_polygon_masks(gt_masks, height, width)
+    if isinstance(gt_masks, BitMasks):
+        gt_masks = gt_masks.tensor
+    return gt_masks.bool()
+
+
+def build_proposal_network(cfg) -> nn.Module:
+    """The proposal source named by ``MODEL.MASKCLIP.PROPOSAL_NETWORK``, frozen."""
+    mc = cfg.MODEL.MASKCLIP
+    name = mc.PROPOSAL_NETWORK
+    if name == "mask2former":
+        network = _frozen(ClassAgnosticMask2Former(cfg), mc.PROPOSAL_WEIGHTS)
+        return Mask2FormerProposals(network, mc.NUM_PROPOSALS)
+    if name == "maskrcnn":
+        rcnn_cfg = cfg.clone()
+        rcnn_cfg.defrost()
+        rcnn_cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+        rcnn_cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+        rcnn_cfg.MODEL.MASK_ON = True
+        rcnn_cfg.TEST.DETECTIONS_PER_IMAGE = mc.NUM_PROPOSALS
+        network = _frozen(GeneralizedRCNN(rcnn_cfg), mc.PROPOSAL_WEIGHTS)
+        return MaskRCNNProposals(network, mc.NUM_PROPOSALS, mc.GT_MASK_LOGIT)
+    if name == "gt":
+        return GTProposals(mc.GT_MASK_LOGIT)
+    raise ValueError(
+        f"MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former', 'maskrcnn' or 'gt', got {name!r}"
+    )

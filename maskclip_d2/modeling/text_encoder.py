@@ -1,0 +1,193 @@
+"""Open-vocabulary classification: CLIP text embeddings of class names, and mask logits.
+
+* Prompt templates (``"{}"`` is replaced by the name): the default ``["{}"]`` is the bare
+  name, as the authors do; several templates form an ensemble, averaged like CLIP's (mean of
+  the L2-normalised prompt embeddings, normalised again).
+* A class name may list synonyms, ``"name1, name2"``: each synonym gets its ensemble
+  embedding, and the class embedding is their normalised mean.
+* Embeddings are cached per (class names, templates) on this module, so a repeated
+  vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
+  dict is loaded into the module, and keyed by device and dtype too.
+* Logits are cosine similarities divided by a temperature (default 0.01, the authors').
+* No-object: for training (CE over the vocabulary + no-object), ``no_object=True`` appends
+  one more column, the logit of a no-object class whose text is ``no_object_name``
+  (default ``"other"``, as in the authors' code). It adds no weights, so training leaves
+  CLIP's image-text space alone and the score exists for any vocabulary.
+"""
+from typing import Dict, List, Sequence, Tuple
+
+import clip
+import torch
+import torch.nn.functional as F
+from clip.model import CLIP
+from torch import nn
+
+from detectron2.config import configurable
+
+__all__ = ["CLIPTextEncoder"]
+
+
+class CLIPTextEncoder(nn.Module):
+    """CLIP's frozen text tower, turned into a classifier over a vocabulary given at call time.
+
+    Holds only the text modules of the CLIP model (token and positional embeddings, text
+    transformer, final LayerNorm and projection), frozen and in eval mode.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        clip_model: CLIP,
+        *,
+        prompt_templates: Sequence[str] = ("{}",),
+        temperature: float = 0.01,
+        no_object_name: str = "other",
+        batch_size: int = 256,
+    ):
+        """
+        Args:
+            clip_model: a ``clip.model.CLIP``; its text tower is used in place, never copied.
+            prompt_templates: templates with one "{}" each, e.g. ["a photo of a {}."].
+            temperature: logits = cosine similarity / temperature.
+            no_object_name: text of the no-object class appended with ``no_object=True``.
+            batch_size: prompts per text-tower forward pass.
+        """
+        super().__init__()
+        self.prompt_templates = tuple(prompt_templates)
+        if not self.prompt_templates:
+            raise ValueError("prompt_templates is empty: give at least one, e.g. ['{}']")
+        for template in self.prompt_templates:
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise ValueError(
+                    f"prompt template {template!r} must contain '{{}}' exactly once, where the "
+                    f"class name goes"
+                )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not no_object_name or not no_object_name.strip():
+            raise ValueError("no_object_name must be a non-empty text")
+        self.temperature = temperature
+        self.no_object_name = no_object_name
+        self.batch_size = batch_size
+        self.context_length = clip_model.context_length
+
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.requires_grad_(False)
+        self.eval()
+
+        self._cache: Dict[Tuple, torch.Tensor] = {}
+        self.register_load_state_dict_pre_hook(self._clear_cache)
+
+    @classmethod
+    def from_config(cls, cfg, clip_model):
+        return {
+            "clip_model": clip_model,
+            "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
+            "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
+        }
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: always in inference mode
+
+    def forward(
+        self, features: torch.Tensor, class_names: Sequence[str], no_object: bool = False
+    ) -> torch.Tensor:
+        """
+        Args:
+            features: (..., E) image-side features in CLIP's joint space, e.g. the (B, M, E)
+                mask features of the visual encoder; normalised here.
+            class_names: the vocabulary, C distinct names; "a, b" lists synonyms.
+            no_object: append the no-object logit as column C (for training).
+
+        Returns:
+            (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
+        """
+        class_names = _check_vocabulary(class_names)
+        if no_object and self.no_object_name in class_names:
+            raise ValueError(
+                f"the vocabulary contains the no-object text {self.no_object_name!r}: rename "
+                f"that class or choose another no_object_name"
+            )
+        names = list(class_names) + ([self.no_object_name] if no_object else [])
+        text = self.encode_vocabulary(names)
+        image = F.normalize(features.float(), dim=-1)
+        return image @ text.to(image.device).T / self.temperature
+
+    def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
+        names = _check_vocabulary(class_names)
+        device, dtype = self.text_projection.device, self.text_projection.dtype
+        key = (names, self.prompt_templates, str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = self._encode_names(names)
+        return self._cache[key]
+
+    @torch.no_grad()
+    def _encode_names(self, names: Tuple[str, ...]) -> torch.Tensor:
+        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
+        prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
+        embeddings = torch.cat(
+            [self.encode_text(prompts[s:s + self.batch_size])
+             for s in range(0, len(prompts), self.batch_size)]
+        )
+        # Template ensemble per synonym, then the mean of the synonyms per name; normalising
+        # a sum of unit vectors is normalising their mean.
+        device = embeddings.device
+        per_synonym = torch.arange(len(synonyms), device=device).repeat_interleave(len(self.prompt_templates))
+        per_name = torch.tensor([i for i, _ in synonyms], device=device)
+        synonym_embeddings = F.normalize(_sum_by(embeddings, per_synonym, len(synonyms)), dim=-1)
+        return F.normalize(_sum_by(synonym_embeddings, per_name, len(names)), dim=-1)
+
+    def encode_text(self, texts: List[str]) -> torch.Tensor:
+        """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
+        ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
+        dtype = self.text_projection.dtype
+        tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
+        tokens = tokens.to(self.text_projection.device)
+        x = self.token_embedding(tokens).to(dtype) + self.positional_embedding.to(dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # CLIP runs it as LND
+        x = self.ln_final(x).to(dtype)
+        # The end-of-text token has the largest id; its output is the text embedding.
+        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
+        return F.normalize(x.float(), dim=-1)
+
+    def _clear_cache(self, *args):
+        self._cache.clear()  # the weights are about to change
+
+
+def _check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(class_names, str):
+        raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
+    names = tuple(class_names)
+    if not names:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    for name in names:
+        if not isinstance(name, str) or not all(_synonyms(name)):
+            raise ValueError(
+                f"bad class name {name!r}: expected a non-empty text, synonyms separated by ', '"
+            )
+    seen, duplicates = set(), []
+    for name in names:
+        if name in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(name)
+    if duplicates:
+        raise ValueError(
+            f"the vocabulary lists {duplicates} more than once: class names must be distinct "
+            f"(merge synonyms into one entry, 'a, b')"
+        )
+    return names
+
+
+def _sum_by(x: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:
+    """Row sums of x per group: out[g] = sum of x[i] with index[i] == g."""
+    return x.new_zeros(groups, x.shape[1]).index_add_(0, index, x)
+
+
+def _synonyms(name: str) -> List[str]:
+    """"cat, kitty" -> ["cat", "kitty"]."""
+    return [s.strip() for s in name.split(",")]

@@ -1,0 +1,142 @@
+"""CLIPTextEncoder: prompt templates, synonyms, cache, cosine / temperature logits, no-object."""
+import copy
+
+import clip
+import pytest
+import torch
+import torch.nn.functional as F
+from clip.model import CLIP
+
+from maskclip_d2.modeling import CLIPTextEncoder
+
+
+@pytest.fixture(scope="module")
+def clip_model():
+    torch.manual_seed(0)
+    # OpenAI's vocabulary size, so that clip.tokenize works; everything else tiny.
+    return CLIP(
+        embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64,
+        vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=64,
+        transformer_heads=1, transformer_layers=2,
+    ).eval()
+
+
+def clip_embeddings(model, texts):
+    with torch.no_grad():
+        return F.normalize(model.encode_text(clip.tokenize(texts)), dim=-1)
+
+
+def count_text_forwards(encoder):
+    calls = []
+    encoder.transformer.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_bare_names_are_clips_text_embeddings(clip_model):
+    encoder = CLIPTextEncoder(clip_model)
+    names = ["cat", "traffic light", "sky"]
+    assert torch.allclose(encoder.encode_vocabulary(names), clip_embeddings(clip_model, names), atol=1e-5)
+
+
+def test_template_ensemble_and_synonyms_are_averaged(clip_model):
+    templates = ["a photo of a {}.", "{}", "a blurry photo of the {}."]
+    encoder = CLIPTextEncoder(clip_model, prompt_templates=templates)
+    text = encoder.encode_vocabulary(["person, man", "dog"])
+
+    def ensemble(words):
+        prompts = [t.format(w) for w in words for t in templates]
+        return F.normalize(clip_embeddings(clip_model, prompts).mean(0), dim=0)
+
+    person = F.normalize(ensemble(["person"]) + ensemble(["man"]), dim=0)
+    assert torch.allclose(text[0], person, atol=1e-5)
+    assert torch.allclose(text[1], ensemble(["dog"]), atol=1e-5)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2))
+    # The synonym average is the average of its synonyms' own embeddings.
+    both = encoder.encode_vocabulary(["person", "man"])
+    assert torch.allclose(text[0], F.normalize(both.mean(0), dim=0), atol=1e-5)
+
+
+def test_logits_are_cosine_over_temperature_plus_no_object(clip_model):
+    encoder = CLIPTextEncoder(clip_model, temperature=0.05)
+    features = torch.randn(2, 4, 32)
+    names = ["cat", "dog", "wall"]
+    logits = encoder(features, names)
+    text = clip_embeddings(clip_model, names)
+    expected = F.normalize(features, dim=-1) @ text.T / 0.05
+    assert logits.shape == (2, 4, 3) and logits.dtype == torch.float32
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+    with_no_object = encoder(features, names, no_object=True)
+    assert with_no_object.shape == (2, 4, 4)
+    assert torch.allclose(with_no_object[..., :3], logits, atol=1e-5)
+    other = clip_embeddings(clip_model, ["other"])[0]
+    assert torch.allclose(with_no_object[..., 3], F.normalize(features, dim=-1) @ other / 0.05, atol=1e-4)
+    # The score is a constant of the module, not a weight: nothing of it trains.
+    assert not any(p.requires_grad for p in encoder.parameters())
+    with pytest.raises(ValueError, match="no-object"):
+        encoder(features, ["other", "cat"], no_object=True)
+
+
+def test_repeated_vocabulary_costs_nothing(clip_model):
+    clip_model = copy.deepcopy(clip_model)  # its weights get replaced below
+    encoder = CLIPTextEncoder(clip_model)
+    calls = count_text_forwards(encoder)
+    features = torch.randn(1, 3, 32)
+    first = encoder(features, ["cat", "dog"])
+    assert len(calls) == 1
+    second = encoder(features, ["cat", "dog"])
+    assert len(calls) == 1 and torch.equal(first, second)
+    encoder(features, ["dog", "cat"])  # another vocabulary (order matters for the columns)
+    encoder(features, ["cat", "dog"], no_object=True)
+    assert len(calls) == 3
+
+    # Other templates: another entry. A state dict loaded into the tower: all entries go.
+    ensemble = CLIPTextEncoder(clip_model, prompt_templates=["a {}"])
+    ensemble_calls = count_text_forwards(ensemble)
+    ensemble(features, ["cat", "dog"])
+    assert len(ensemble_calls) == 1 and len(calls) == 4  # the same tower counted twice
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    state["text_projection"] = torch.randn_like(state["text_projection"])
+    encoder.load_state_dict(state)
+    changed = encoder(features, ["cat", "dog"])
+    assert len(calls) == 5 and not torch.allclose(changed, first)
+
+
+def test_bad_vocabulary_is_refused_with_a_reason(clip_model):
+    encoder = CLIPTextEncoder(clip_model)
+    features = torch.randn(1, 2, 32)
+    with pytest.raises(ValueError, match="empty"):
+        encoder(features, [])
+    with pytest.raises(ValueError, match=r"\['cat'\] more than once"):
+        encoder(features, ["cat", "dog", "cat"])
+    with pytest.raises(ValueError, match="bad class name"):
+        encoder(features, ["cat", ""])
+    with pytest.raises(ValueError, match="bad class name"):
+        encoder(features, ["cat, "])
+    with pytest.raises(ValueError, match="list of names"):
+        encoder(features, "cat")
+    with pytest.raises(ValueError, match="exactly once"):
+        CLIPTextEncoder(clip_model, prompt_templates=["a photo"])
+    with pytest.raises(ValueError, match="temperature"):
+        CLIPTextEncoder(clip_model, temperature=0)
+
+
+def test_holds_only_the_frozen_text_tower(clip_model):
+    encoder = CLIPTextEncoder(clip_model).train()
+    assert not encoder.training and not encoder.transformer.training
+    assert not any(k.startswith("visual") for k in encoder.state_dict())
+    assert encoder.transformer is clip_model.transformer  # used in place, not copied
+
+
+def test_from_config(clip_model):
+    from detectron2.config import get_cfg
+
+    from maskclip_d2.config import add_maskclip_config
+
+    cfg = add_maskclip_config(get_cfg())
+    encoder = CLIPTextEncoder(cfg, clip_model)
+    assert encoder.prompt_templates == ("{}",) and encoder.temperature == 0.01
+    cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES = ["a photo of a {}.", "{}"]
+    cfg.MODEL.MASKCLIP.TEMPERATURE = 0.02
+    encoder = CLIPTextEncoder(cfg, clip_model)
+    assert encoder.prompt_templates == ("a photo of a {}.", "{}") and encoder.temperature == 0.02

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Train and evaluate MaskCLIP (and its class-agnostic proposal network) with Detectron2.
+
+    python train_net.py --config-file configs/coco/maskclip_vitl14_336.yaml --num-gpus 8
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file ... --resume
+
+Only Detectron2's ``build_*`` hooks are overridden; everything else is ``DefaultTrainer``.
+"""
+import copy
+import logging
+from collections import OrderedDict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils.logger import setup_logger
+
+from maskclip_d2 import add_maskclip_config
+from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
+from maskclip_d2.evaluation import build_evaluator
+
+
+def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
+    """``optimizer_class`` whose step first clips the norm of all gradients together
+    (SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model", as Mask2Former trains; Detectron2's own
+    types clip each parameter separately)."""
+
+    class FullModelGradientClipping(optimizer_class):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradientClipping.__name__ = optimizer_class.__name__ + "WithFullModelGradientClipping"
+    return FullModelGradientClipping
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        name = cfg.INPUT.DATASET_MAPPER_NAME
+        if name == "coco_panoptic_lsj":
+            mapper = COCOPanopticLSJDatasetMapper(cfg, is_train=True)
+        else:
+            raise ValueError(f"unknown INPUT.DATASET_MAPPER_NAME {name!r} (known: coco_panoptic_lsj)")
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """AdamW (or SGD) over the trainable parameters only: CLIP and the proposal network
+        are frozen, so in stage 2 only the RMA weights are optimised."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                "the model has no trainable parameters (MODEL.MASKCLIP.MODE 'mask_tokens' and "
+                "'baseline' are training-free: evaluate them with --eval-only)"
+            )
+        kind = cfg.SOLVER.OPTIMIZER.upper()
+        if kind == "ADAMW":
+            optimizer_class, kwargs = torch.optim.AdamW, {}
+        elif kind == "SGD":
+            optimizer_class, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}
+        else:
+            raise ValueError(f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+            optimizer_class = _with_full_model_gradient_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
+        else:
+            optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
+        return optimizer_class(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates every test dataset with its own vocabulary (from its metadata)."""
+        core = model.module if hasattr(model, "module") else model
+        results = OrderedDict()
+        training_vocabulary = (list(core.vocabulary), core.is_thing.tolist()) if hasattr(core, "vocabulary") else None
+        for i, name in enumerate(cfg.DATASETS.TEST):
+            if hasattr(core, "set_vocabulary_from_metadata"):
+                core.set_vocabulary_from_metadata(MetadataCatalog.get(name))
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (name,)
+            evaluator = None if evaluators is None else [evaluators[i]]
+            results.update(super().test(one, model, evaluator))
+        if training_vocabulary is not None:
+            core.set_vocabulary(*training_vocabulary)
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_maskclip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=0, name="maskclip_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            raise ValueError("TEST.AUG is not supported by MaskCLIP")
+        verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    logging.getLogger(__name__).info(f"Command line arguments: {args}")
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
