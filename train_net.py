@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -49,6 +49,23 @@ class Trainer(DefaultTrainer):
         else:
             raise ValueError(f"unknown INPUT.DATASET_MAPPER_NAME {name!r} (known: coco_panoptic_lsj)")
         return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader; with ground-truth masks as proposals
+        (MODEL.MASKCLIP.PROPOSAL_NETWORK "gt", the paper's Table 7) the inputs must keep their
+        ground truth: the panoptic mapper, without augmentation."""
+        if cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK != "gt":
+            return super().build_test_loader(cfg, dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type != "coco_panoptic_seg":
+            raise ValueError(
+                f"MODEL.MASKCLIP.PROPOSAL_NETWORK 'gt' reads ground-truth masks from panoptic "
+                f"annotations; test dataset '{dataset_name}' has evaluator_type "
+                f"{evaluator_type!r}: use a panoptic dataset (e.g. ade20k_panoptic_val)"
+            )
+        mapper = COCOPanopticLSJDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -113,13 +130,13 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if cfg.TEST.AUG.ENABLED:
+            raise ValueError("TEST.AUG is not supported by MaskCLIP")
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:
-            raise ValueError("TEST.AUG is not supported by MaskCLIP")
         verify_results(cfg, results)
         return results
     trainer = Trainer(cfg)

@@ -17,7 +17,6 @@ Re-runs skip outputs that are already complete.
 
     python datasets/prepare_ade20k_150.py [--root datasets]
 """
-import argparse
 import csv
 import os
 import re
@@ -30,10 +29,10 @@ from panopticapi.utils import id2rgb
 from maskclip_d2.data.datasets.register_ade20k_150 import ade20k_150_paths
 from maskclip_d2.data.datasets.utils import (
     deterministic_colors,
-    get_datasets_root,
     write_json_atomic,
 )
 from maskclip_d2.data.prepare_utils import (
+    argument_parser,
     convert_each,
     read_label_image,
     require_download,
@@ -177,9 +176,7 @@ def prepare(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     prepare(args.root)
     print(f"ADE20K-150 ready under {os.path.join(args.root, 'ADEChallengeData2016')}")

@@ -15,7 +15,6 @@ Re-runs skip outputs that are already complete (the class scan included).
 
     python datasets/prepare_ade20k_full.py [--root datasets]
 """
-import argparse
 import os
 import pickle
 import shutil
@@ -26,11 +25,11 @@ import tqdm
 from maskclip_d2.data.datasets.register_ade20k_full import ade20k_full_paths
 from maskclip_d2.data.datasets.utils import (
     deterministic_colors,
-    get_datasets_root,
     read_categories,
     write_json_atomic,
 )
 from maskclip_d2.data.prepare_utils import (
+    argument_parser,
     convert_each,
     read_label_image,
     require_download,
@@ -112,9 +111,7 @@ def _copy(src, dst):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     prepare(args.root)
     print(f"ADE20K-847 ready under {ade20k_full_paths(args.root)['dataset_dir']}")

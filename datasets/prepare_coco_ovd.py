@@ -11,7 +11,6 @@ Re-runs skip outputs that are already complete.
 
     python datasets/prepare_coco_ovd.py [--root datasets]
 """
-import argparse
 import json
 import os
 
@@ -25,10 +24,9 @@ from maskclip_d2.data.datasets.register_coco_ovd import (
 )
 from maskclip_d2.data.datasets.utils import (
     deterministic_colors,
-    get_datasets_root,
     write_json_atomic,
 )
-from maskclip_d2.data.prepare_utils import require_download
+from maskclip_d2.data.prepare_utils import argument_parser, require_download
 
 DOWNLOAD_HINT = "Download annotations_trainval2017.zip from cocodataset.org and extract it into coco/"
 
@@ -86,9 +84,7 @@ def prepare(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     prepare(args.root)
     print(f"COCO 48/17 split ready under {os.path.join(args.root, 'coco/annotations')}")

@@ -13,7 +13,6 @@ Re-runs skip outputs that are already complete.
 
     python datasets/prepare_coco_panoptic.py [--root datasets] [--splits train val]
 """
-import argparse
 import json
 import os
 
@@ -21,8 +20,9 @@ import numpy as np
 from panopticapi.utils import rgb2id
 
 from maskclip_d2.data.datasets.register_coco_panoptic import VOCABULARY_FILE, coco_panoptic_paths
-from maskclip_d2.data.datasets.utils import get_datasets_root, write_json_atomic
+from maskclip_d2.data.datasets.utils import write_json_atomic
 from maskclip_d2.data.prepare_utils import (
+    argument_parser,
     convert_each,
     read_label_image,
     require_download,
@@ -85,9 +85,7 @@ def prepare_split(root, split):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
     args = parser.parse_args(argv)
     categories = None

@@ -7,15 +7,13 @@ categories the registration names, and that every image it lists is on disk.
 
     python datasets/prepare_lvis.py [--root datasets]
 """
-import argparse
 import json
 import os
 
 import tqdm
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
-from maskclip_d2.data.datasets.utils import get_datasets_root
-from maskclip_d2.data.prepare_utils import require_download
+from maskclip_d2.data.prepare_utils import argument_parser, require_download
 
 DOWNLOAD_HINT = (
     "Download lvis_v1_val.json.zip from lvisdataset.org into lvis/, and the COCO 2017 "
@@ -40,9 +38,7 @@ def check(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     num_images = check(args.root)
     print(f"LVIS v1 val ready: {num_images} images under {os.path.join(args.root, 'coco')}")

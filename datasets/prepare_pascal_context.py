@@ -14,7 +14,6 @@ Re-runs skip outputs that are already complete.
 
     python datasets/prepare_pascal_context.py [--root datasets]
 """
-import argparse
 import os
 
 import numpy as np
@@ -26,10 +25,9 @@ from maskclip_d2.data.datasets.register_pascal_context import (
 )
 from maskclip_d2.data.datasets.utils import (
     deterministic_colors,
-    get_datasets_root,
     write_json_atomic,
 )
-from maskclip_d2.data.prepare_utils import convert_each, require_download, save_label_image
+from maskclip_d2.data.prepare_utils import argument_parser, convert_each, require_download, save_label_image
 
 NUM_CLASSES = 459
 DOWNLOAD_HINT = (
@@ -102,9 +100,7 @@ def prepare(root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=get_datasets_root(),
-                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    parser = argument_parser(__doc__)
     args = parser.parse_args(argv)
     prepare(args.root)
     print(f"PASCAL Context ready under {os.path.join(args.root, 'pascal_context')}")

@@ -5,5 +5,6 @@ Importing the package registers its meta-architecture and datasets with Detectro
 from .config import add_maskclip_config
 from . import data  # noqa: F401  (registers the datasets)
 from . import modeling  # noqa: F401  (registers META_ARCH_REGISTRY entries)
+from .predictor import Predictor
 
 __version__ = "0.1.0"

@@ -288,3 +288,68 @@ def write_ade20k_full(root):
     with open(base / "index_ade20k.pkl", "wb") as f:
         pickle.dump({"folder": folders, "filename": filenames, "objectnames": names}, f)
     return base
+
+
+# ---- COCO panoptic scenes for training (64 x 64) -----------------------------------------
+SCENE_SIZE = 64
+# (dataset category id, colour): two things (thing1, thing3) and two stuff classes (92, 93)
+SCENE_CLASSES = {1: (220, 40, 40), 3: (40, 200, 60), 92: (60, 90, 230), 93: (200, 200, 40)}
+
+
+def coco_scene(index, size=SCENE_SIZE):
+    """Segment-id map, segments and RGB image of scene ``index``: stuff 92 on top, stuff 93
+    below, a thing-1 and a thing-3 rectangle placed by ``index``; every segment is painted in
+    its class colour plus noise, so a model can tell the classes apart. No void, no crowd."""
+    half, q = size // 2, size // 4
+    pan = np.full((size, size), 1, dtype=np.uint32)  # segment 1: stuff 92
+    pan[half:] = 2  # segment 2: stuff 93
+    shift = (index * q // 2) % q
+    pan[q // 2 + shift:q // 2 + shift + q, 4:4 + q] = 3  # thing 1
+    pan[half + 4:half + 4 + q, half - shift:half - shift + q + 4] = 4  # thing 3
+    categories = {1: 92, 2: 93, 3: 1, 4: 3}
+    rng = np.random.RandomState(index)
+    image = rng.randint(-30, 31, (size, size, 3))
+    segments = []
+    for segment_id, category_id in categories.items():
+        region = pan == segment_id
+        image[region] += np.array(SCENE_CLASSES[category_id])
+        ys, xs = np.nonzero(region)
+        segments.append({"id": segment_id, "category_id": category_id, "iscrowd": 0,
+                         "area": int(region.sum()),
+                         "bbox": [int(xs.min()), int(ys.min()), int(xs.ptp() + 1), int(ys.ptp() + 1)]})
+    return pan, segments, np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_coco_panoptic_scenes(root, splits=("train", "val"), num_images=3):
+    """A COCO panoptic download of ``num_images`` 64 x 64 scenes per split, with the official
+    instances JSON of its things (RLE masks equal to the panoptic segments, as in COCO)."""
+    import pycocotools.mask as mask_util
+
+    coco = Path(root) / "coco"
+    (coco / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        images, annotations, instances = [], [], []
+        for k in range(num_images):
+            image_id = 100 + k
+            stem = f"{image_id:012d}"
+            pan, segments, image = coco_scene(k)
+            (coco / f"{split}2017").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(coco / f"{split}2017" / f"{stem}.jpg", quality=100)
+            save_png(coco / f"panoptic_{split}2017" / f"{stem}.png", id2rgb(pan))
+            images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": SCENE_SIZE,
+                           "width": SCENE_SIZE})
+            annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                                "segments_info": segments})
+            for s in segments:
+                if s["category_id"] in COCO_THING_IDS:
+                    rle = mask_util.encode(np.asfortranarray((pan == s["id"]).astype(np.uint8)))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    instances.append({"id": len(instances) + 1, "image_id": image_id,
+                                      "category_id": s["category_id"], "segmentation": rle,
+                                      "area": s["area"], "bbox": s["bbox"], "iscrowd": 0})
+        with open(coco / "annotations" / f"panoptic_{split}2017.json", "w") as f:
+            json.dump({"images": images, "annotations": annotations,
+                       "categories": coco_categories()}, f)
+        with open(coco / "annotations" / f"instances_{split}2017.json", "w") as f:
+            json.dump({"images": images, "annotations": instances,
+                       "categories": [c for c in coco_categories() if c["isthing"]]}, f)

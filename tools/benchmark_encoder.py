@@ -72,6 +72,11 @@ def parse_args():
         help="masks the baseline is measured on, then scaled (default: 10 on CPU, all on CUDA)",
     )
     parser.add_argument("--refine-chunk-size", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (default: torch's choice); on a CPU shared with other jobs, 1 "
+        "thread waits less for descheduled OpenMP workers, so its ratios are steadier",
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP counts")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser.parse_args()
@@ -148,6 +153,8 @@ def random_masks(batch, num_masks, resolution, generator):
 def main():
     args = parse_args()
     logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible")

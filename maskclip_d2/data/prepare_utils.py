@@ -1,14 +1,27 @@
 """Helpers of the ``datasets/prepare_*.py`` scripts: checks of the download, and outputs
 written so that a re-run skips what is already complete (a file exists only once written)."""
+import argparse
 import os
 
 import numpy as np
 import tqdm
 from PIL import Image
 
-__all__ = ["require_download", "save_label_image", "convert_each", "read_label_image"]
+__all__ = [
+    "argument_parser", "require_download", "save_label_image", "convert_each", "read_label_image",
+]
 
 _FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def argument_parser(doc):
+    """The command line every prepare script shares: ``--root`` (the datasets folder)."""
+    from .datasets.utils import get_datasets_root
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--root", default=get_datasets_root(),
+                        help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
+    return parser
 
 
 def require_download(paths, what):

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from clip.model import VisionTransformer
+from clip.model import QuickGELU, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -43,6 +43,10 @@ __all__ = [
     "mask_visibility",
     "pixels_in_mask",
 ]
+
+
+# clip.model.QuickGELU: x * sigmoid(1.702 * x).
+_QUICK_GELU_SLOPE = 1.702
 
 
 def default_rma_layers(num_layers: int) -> List[int]:
@@ -104,7 +108,10 @@ class RelativeMaskAttention(nn.Module):
             layer's ln_1 output, as in the authors' code).
         refine_head: f_r, GELU then a 1x1 convolution from width to p*p channels (written as
             a Linear over channels-last tokens), whose p*p outputs per patch are unfolded into
-            that patch's p x p pixels of the full-resolution mask residual.
+            that patch's p x p pixels of the full-resolution mask residual. The GELU is CLIP's
+            sigmoid approximation ``x * sigmoid(1.702 x)`` (``QuickGELU``), as in the authors'
+            code (their ``gelu`` in ``maskclip/modeling/maskclip.py``), so that their released
+            RMA weights give their outputs.
 
     ``mask_key_proj`` and the last layer of ``refine_head`` start at zero, so an untrained
     layer adds nothing to the logits (A' = 0) and returns the masks unchanged; the other
@@ -135,7 +142,7 @@ class RelativeMaskAttention(nn.Module):
         self.mask_patch_embed = nn.Conv2d(1, width, patch_size, stride=patch_size)
         self.mask_query_norm = nn.LayerNorm(width)
         self.mask_key_proj = nn.Linear(width, width)
-        self.refine_head = nn.Sequential(nn.GELU(), nn.Linear(width, patch_size * patch_size))
+        self.refine_head = nn.Sequential(QuickGELU(), nn.Linear(width, patch_size * patch_size))
         nn.init.zeros_(self.mask_key_proj.weight)
         nn.init.zeros_(self.mask_key_proj.bias)
         nn.init.zeros_(self.refine_head[1].weight)
@@ -168,24 +175,34 @@ class RelativeMaskAttention(nn.Module):
         B, M = mask_logits.shape[:2]
         mask_keys = self.mask_key_proj(image_tokens.to(dtype))  # phi_Km(T_IM): (B, N, D)
         image_terms = self._image_terms(mask_keys)
-        # Like the authors, the Eq. 5 product uses the queries as scaled for attention.
+        # Like the authors, the Eq. 5 product uses the queries as scaled for attention. f_r is
+        # QuickGELU, then the 1x1 conv; QuickGELU(x) = x sigmoid(a x) = silu(a x) / a, so the
+        # queries take the slope a and the conv weight 1 / a: one fused SiLU is then the only
+        # pass over the M x N x D product besides writing it and the conv reading it.
         head_dim = mask_queries.shape[-1] // self.num_heads
-        mask_queries = mask_queries.to(dtype) / math.sqrt(head_dim)
+        mask_queries = mask_queries.to(dtype) * (_QUICK_GELU_SLOPE / math.sqrt(head_dim))
         image_keys = image_keys.to(dtype)
+        conv = self.refine_head[1]
+        refine_terms = (conv.weight / _QUICK_GELU_SLOPE, conv.bias)
 
         relative_logits = mask_keys.new_empty(B, self.num_heads, M, mask_keys.shape[1])
-        refined_logits = torch.empty_like(mask_logits)
+        refined_logits = mask_logits.new_empty(mask_logits.shape)
+        p, g = self.patch_size, mask_logits.shape[-1] // self.patch_size
+        pixels = refined_logits.view(B, M, g, p, g, p)  # patch row, pixel row, patch col, ...
         step = max(1, chunk_size // max(B, 1))
         recompute = torch.is_grad_enabled() and self.training
         for start in range(0, M, step):
             chunk = slice(start, start + step)
-            args = (mask_logits[:, chunk], mask_queries[:, chunk], image_keys, *image_terms)
+            args = (mask_logits[:, chunk], mask_queries[:, chunk], image_keys, *image_terms,
+                    *refine_terms)
             if recompute:
                 relative, residual = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
                 relative, residual = self._chunk(*args)
             relative_logits[:, :, chunk] = relative
-            refined_logits[:, chunk] = mask_logits[:, chunk] + residual  # Eq. 5, in logit space
+            # Eq. 5 in logit space; the residual's p*p values per patch go to its pixels.
+            coarse = mask_logits[:, chunk].reshape(B, -1, g, p, g, p)
+            pixels[:, chunk] = coarse + residual.permute(0, 1, 2, 4, 3, 5)
         return relative_logits, refined_logits
 
     def _image_terms(self, mask_keys: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -205,8 +222,10 @@ class RelativeMaskAttention(nn.Module):
         Lambda = (mask_keys.view(B, N, H, D // H) * norm.bias.view(H, D // H)).sum(-1)
         return gram, cross, offset, U, V, Lambda
 
-    def _chunk(self, mask_logits, mask_queries, image_keys, gram, cross, offset, U, V, Lambda):
-        """Eq. 3 and the residual of Eq. 5 for a chunk of masks: A' (B, heads, m, N), (B, m, R, R)."""
+    def _chunk(self, mask_logits, mask_queries, image_keys, gram, cross, offset, U, V, Lambda,
+               refine_weight, refine_bias):
+        """Eq. 3 and Eq. 5's residual for a chunk of m masks: A' (B, heads, m, N) and the
+        residual logits (B, m, g, g, p, p), p*p pixels for each of the g x g patches."""
         B, m, R, _ = mask_logits.shape
         p, g = self.patch_size, R // self.patch_size
         dtype = U.dtype
@@ -220,11 +239,10 @@ class RelativeMaskAttention(nn.Module):
         relative = relative * inv_std.unsqueeze(-1) + Lambda.unsqueeze(1)
         relative = relative.permute(0, 3, 1, 2)  # (B, heads, m, N)
 
-        # Eq. 5: f_r over the per-(mask, patch) product, unfolded to p x p pixels per patch.
+        # Eq. 5: f_r over the per-(mask, patch) product (see forward for the SiLU).
         product = mask_queries.unsqueeze(2) * image_keys.unsqueeze(1)  # (B, m, N, D)
-        residual = self.refine_head(product)  # (B, m, N, p*p)
-        residual = residual.view(B, m, g, g, p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, m, R, R)
-        return relative, residual
+        residual = F.linear(F.silu(product), refine_weight, refine_bias)
+        return relative, residual.view(B, m, g, g, p, p)  # (B, m, patch row, patch col, p, p)
 
 
 class MaskCLIPVisualEncoder(nn.Module):
@@ -345,26 +363,33 @@ class MaskCLIPVisualEncoder(nn.Module):
         x = visual.ln_pre(x)  # (B, 1 + N, D)
         x = torch.cat([x, x[:, :1].expand(B, M, -1)], dim=1)  # (B, 1 + N + M, D)
 
-        visible = mask_visibility(mask_logits, self.patch_size, self.mask_threshold)
+        mask_attention = self._mask_attention(mask_logits)
         refined_masks = []
         for i, block in enumerate(visual.transformer.resblocks, start=1):
             rma = self.rma_layers[str(i)] if str(i) in self.rma_layers else None
-            x, refined = self._block(block, x, visible, mask_logits, rma)
+            x, refined = self._block(block, x, mask_attention, mask_logits, rma)
             if rma is not None:
                 mask_logits = refined
                 refined_masks.append(mask_logits)
-                visible = mask_visibility(mask_logits, self.patch_size, self.mask_threshold)
+                mask_attention = self._mask_attention(mask_logits)
 
         features = visual.ln_post(x[:, x.shape[1] - M:])
         if visual.proj is not None:
             features = features @ visual.proj
         return {"features": features, "masks": refined_masks}
 
+    def _mask_attention(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """What the mask class tokens attend to (Eq. 1-2): (B, 1, M, 1 + N) bool, True = may
+        attend; the class token always, patch j iff the mask has a pixel in it. Broadcast
+        over heads by scaled_dot_product_attention."""
+        visible = mask_visibility(mask_logits, self.patch_size, self.mask_threshold)
+        return F.pad(visible, (1, 0), value=True).unsqueeze(1)
+
     def _block(
         self,
         block: nn.Module,
         x: torch.Tensor,
-        visible: torch.Tensor,
+        mask_attention: torch.Tensor,
         mask_logits: torch.Tensor,
         rma: Optional[RelativeMaskAttention],
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -372,7 +397,7 @@ class MaskCLIPVisualEncoder(nn.Module):
 
         Returns the new tokens and, in an RMA layer, the refined mask logits (else None).
         """
-        B, M = visible.shape[:2]
+        B, M = mask_logits.shape[:2]
         L = x.shape[1] - M  # class + patch tokens
         D, H = self.width, self.num_heads
         attn = block.attn
@@ -390,12 +415,10 @@ class MaskCLIPVisualEncoder(nn.Module):
         image_out = F.scaled_dot_product_attention(q_heads[:, :, :L], k_heads, v_heads)
 
         # Mask class tokens: the class token plus the visible patches (Eq. 1-2).
-        can_see_class = visible.new_ones(B, M, 1)
         refined = None
         if rma is None:
-            attn_mask = torch.cat([can_see_class, visible], dim=-1).unsqueeze(1)  # (B, 1, M, L)
             mask_out = F.scaled_dot_product_attention(
-                q_heads[:, :, L:], k_heads, v_heads, attn_mask=attn_mask
+                q_heads[:, :, L:], k_heads, v_heads, attn_mask=mask_attention
             )
         else:
             relative, refined = rma(
@@ -406,9 +429,8 @@ class MaskCLIPVisualEncoder(nn.Module):
             # class key is not halved, so the class logit stays q.k_cls / sqrt(d).
             head_dim = D // H
             keys = torch.cat([k_heads[:, :, :1], k_heads[:, :, 1:] * 0.5], dim=2)
-            relative = (relative * (0.5 / math.sqrt(head_dim))).to(q.dtype)
-            relative = relative.masked_fill(~visible.unsqueeze(1), float("-inf"))
-            attn_mask = torch.cat([relative.new_zeros(B, H, M, 1), relative], dim=-1)
+            relative = F.pad(relative * (0.5 / math.sqrt(head_dim)), (1, 0))  # class: + 0
+            attn_mask = relative.to(q.dtype).masked_fill(~mask_attention, float("-inf"))
             mask_out = F.scaled_dot_product_attention(
                 q_heads[:, :, L:], keys, v_heads, attn_mask=attn_mask
             )

@@ -6,7 +6,7 @@ Inputs, for one image (M masks, K vocabulary classes, H x W the output resolutio
 Outputs follow Detectron2's format: ``sem_seg`` (K, H, W) scores; ``panoptic_seg`` a tuple
 (segment ids (H, W) int32, list of segment dicts); ``instances`` an ``Instances``.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.structures import BitMasks, Instances
@@ -86,21 +86,33 @@ def panoptic_inference(
 
 
 def instance_inference(
-    class_probs: torch.Tensor, mask_probs: torch.Tensor, max_detections: int
+    class_probs: torch.Tensor,
+    mask_probs: torch.Tensor,
+    max_detections: int,
+    is_thing: Optional[torch.Tensor] = None,
 ) -> Instances:
     """Top-``max_detections`` (mask, class) pairs by class score x mask quality.
 
     Mask quality is the mean mask probability inside the binarised mask, as in Mask2Former.
-    Returns Instances with ``pred_masks`` (N, H, W) bool, ``pred_boxes``, ``scores`` and
-    ``pred_classes`` (0-based vocabulary indices).
+
+    Args:
+        is_thing: (K,) bool; when some classes are things, only things are detected (instance
+            segmentation of a panoptic vocabulary, as COCO's instance AP counts things only);
+            None or no thing at all: every class.
+    Returns:
+        Instances with ``pred_masks`` (N, H, W) bool, ``pred_boxes``, ``scores`` and
+        ``pred_classes`` (0-based vocabulary indices).
     """
-    num_masks, num_classes = class_probs.shape[0], class_probs.shape[1] - 1
     height, width = mask_probs.shape[-2:]
-    flat_scores = class_probs[:, :-1].flatten()
+    classes = torch.arange(class_probs.shape[1] - 1, device=class_probs.device)
+    if is_thing is not None and bool(is_thing.any()):
+        classes = classes[is_thing.to(classes.device)]
+    num_classes = len(classes)
+    flat_scores = class_probs[:, classes].flatten()
     k = min(max_detections, flat_scores.numel())
     top_scores, top_index = flat_scores.topk(k)
     mask_index = top_index // num_classes
-    labels = top_index % num_classes
+    labels = classes[top_index % num_classes]
 
     masks = mask_probs[mask_index]
     binary = masks >= 0.5

@@ -8,6 +8,9 @@
 * Embeddings are cached per (class names, templates) on this module, so a repeated
   vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
   dict is loaded into the module, and keyed by device and dtype too.
+* Precomputed or custom text embeddings: ``set_class_embeddings(names, embeddings)`` gives
+  names their embeddings directly (e.g. from a prompt-engineered run saved to disk, or built
+  for a test); those names never go through the text tower until ``clear_class_embeddings``.
 * Logits are cosine similarities divided by a temperature (default 0.01, the authors').
 * No-object: for training (CE over the vocabulary + no-object), ``no_object=True`` appends
   one more column, the logit of a no-object class whose text is ``no_object_name``
@@ -80,6 +83,7 @@ class CLIPTextEncoder(nn.Module):
         self.eval()
 
         self._cache: Dict[Tuple, torch.Tensor] = {}
+        self._class_embeddings: Dict[str, torch.Tensor] = {}  # set_class_embeddings
         self.register_load_state_dict_pre_hook(self._clear_cache)
 
     @classmethod
@@ -112,10 +116,17 @@ class CLIPTextEncoder(nn.Module):
                 f"the vocabulary contains the no-object text {self.no_object_name!r}: rename "
                 f"that class or choose another no_object_name"
             )
-        names = list(class_names) + ([self.no_object_name] if no_object else [])
-        text = self.encode_vocabulary(names)
+        # Cached separately, so the vocabulary's embeddings serve with and without no-object.
+        text = self.encode_vocabulary(class_names)
+        if no_object:
+            text = torch.cat([text, self.encode_vocabulary([self.no_object_name])])
         image = F.normalize(features.float(), dim=-1)
         return image @ text.to(image.device).T / self.temperature
+
+    def check_vocabulary(self, class_names: Sequence[str]) -> Tuple[str, ...]:
+        """The names as a tuple, or ValueError saying what is wrong (no names, a bad name,
+        a name listed twice); encodes nothing."""
+        return _check_vocabulary(class_names)
 
     def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
         """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
@@ -126,8 +137,48 @@ class CLIPTextEncoder(nn.Module):
             self._cache[key] = self._encode_names(names)
         return self._cache[key]
 
-    @torch.no_grad()
+    def set_class_embeddings(self, class_names: Sequence[str], embeddings: torch.Tensor) -> None:
+        """Use precomputed / custom text embeddings for ``class_names`` from now on.
+
+        The way to classify against embeddings that do not come from this text tower with
+        these templates: cached offline, built from other prompts, or constructed in tests.
+        Vocabularies may mix such names with ordinary ones. The embeddings are normalised
+        here and kept when a state dict is loaded (they are not the tower's).
+
+        Args:
+            class_names: C distinct names, as they appear in vocabularies.
+            embeddings: (C, E), E the joint embedding width (``text_projection.shape[1]``).
+        """
+        names = _check_vocabulary(class_names)
+        width = self.text_projection.shape[1]
+        if embeddings.dim() != 2 or tuple(embeddings.shape) != (len(names), width):
+            raise ValueError(
+                f"embeddings must have shape (C, E) = ({len(names)}, {width}) for {len(names)} "
+                f"class names and this CLIP's {width}-wide joint space, got {tuple(embeddings.shape)}"
+            )
+        if not torch.isfinite(embeddings).all() or (embeddings.norm(dim=-1) == 0).any():
+            raise ValueError("embeddings must be finite and non-zero (each row is normalised)")
+        unit = F.normalize(embeddings.detach().float().cpu(), dim=-1)
+        self._class_embeddings.update(zip(names, unit))
+        self._cache.clear()  # vocabularies with these names change
+
+    def clear_class_embeddings(self) -> None:
+        """Forget every ``set_class_embeddings``: all names go through the text tower again."""
+        self._class_embeddings.clear()
+        self._cache.clear()
+
     def _encode_names(self, names: Tuple[str, ...]) -> torch.Tensor:
+        """(C, E): the given embeddings of ``set_class_embeddings`` names, the text tower's
+        for the others."""
+        device = self.text_projection.device
+        encoded = [n for n in names if n not in self._class_embeddings]
+        tower = dict(zip(encoded, self._encode_with_tower(tuple(encoded)))) if encoded else {}
+        return torch.stack(
+            [tower[n] if n in tower else self._class_embeddings[n].to(device) for n in names]
+        )
+
+    @torch.no_grad()
+    def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
         synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
         prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
         embeddings = torch.cat(

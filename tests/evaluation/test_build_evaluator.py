@@ -222,3 +222,37 @@ def test_unknown_evaluator_type_is_named(cfg):
     MetadataCatalog.get("maskclip_test_unknown").set(evaluator_type="cityscapes_instance")
     with pytest.raises(NotImplementedError, match="cityscapes_instance"):
         build_evaluator(cfg, "maskclip_test_unknown")
+
+
+# ---- a panoptic dataset: PQ + mIoU + AP as MODEL.MASKCLIP.TEST asks ---------------------
+def test_panoptic_dataset_gets_pq_miou_and_ap_evaluators(tmp_path, cfg):
+    from detectron2.evaluation import DatasetEvaluators
+
+    from maskclip_d2 import add_maskclip_config
+    from maskclip_d2.data.datasets.register_coco_panoptic import register_all_coco_panoptic
+    from maskclip_d2.evaluation import PanopticThingsCOCOEvaluator
+    from tiny_datasets import write_coco_panoptic_scenes
+
+    write_coco_panoptic_scenes(tmp_path / "data", splits=("val",), num_images=1)
+    run_prepare("prepare_coco_panoptic", tmp_path / "data", "--splits", "val")
+    register_all_coco_panoptic(str(tmp_path / "data"))
+    name = "coco_2017_val_panoptic_with_sem_seg"
+    add_maskclip_config(cfg)
+
+    def kinds(evaluator):
+        inner = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+        return [type(e) for e in inner]
+
+    assert kinds(build_evaluator(cfg, name)) == [
+        COCOPanopticEvaluator, SemSegEvaluator, PanopticThingsCOCOEvaluator]
+    cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = False
+    assert kinds(build_evaluator(cfg, name)) == [SemSegEvaluator, PanopticThingsCOCOEvaluator]
+    cfg.MODEL.MASKCLIP.TEST.SEMANTIC_ON = False
+    assert isinstance(build_evaluator(cfg, name), PanopticThingsCOCOEvaluator)
+    # no instances JSON (a download without annotations_trainval2017.zip): no AP
+    (tmp_path / "data/coco/annotations/instances_val2017.json").unlink()
+    cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = True
+    assert kinds(build_evaluator(cfg, name)) == [COCOPanopticEvaluator]
+    cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = False
+    with pytest.raises(ValueError, match="no evaluator"):
+        build_evaluator(cfg, name)

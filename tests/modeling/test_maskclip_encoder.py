@@ -223,14 +223,16 @@ def test_visibility_thresholds_in_any_dtype(dtype, threshold):
     assert not visible[0, 1].any()
     assert mask_visibility(logits[:, :0], 16, threshold).shape == (2, 0, 9)
 
-    # Pixel decisions right at the threshold: the representable logits next to logit(t).
-    bound = torch.tensor(math.log(threshold / (1 - threshold))).to(dtype)
+    # Pixel decisions right at the threshold: the representable logits next to logit(t),
+    # decided in float64 (where sigmoid itself would round 0.5 - 1e-45 up to 0.5).
+    exact = math.log(threshold / (1 - threshold))
+    bound = torch.tensor(exact).to(dtype)
     edge = [bound]
     for _ in range(3):
         edge = [torch.nextafter(edge[0], torch.tensor(-math.inf, dtype=dtype))] + edge
         edge = edge + [torch.nextafter(edge[-1], torch.tensor(math.inf, dtype=dtype))]
     edge = torch.stack(edge)
-    assert torch.equal(pixels_in_mask(edge, threshold), torch.sigmoid(edge.double()) >= threshold)
+    assert torch.equal(pixels_in_mask(edge, threshold), edge.double() >= exact)
 
 
 @pytest.mark.parametrize("mode", ["mask_tokens", "rma"])

@@ -140,3 +140,41 @@ def test_from_config(clip_model):
     cfg.MODEL.MASKCLIP.TEMPERATURE = 0.02
     encoder = CLIPTextEncoder(cfg, clip_model)
     assert encoder.prompt_templates == ("a photo of a {}.", "{}") and encoder.temperature == 0.02
+
+
+def test_set_class_embeddings_replaces_the_tower_for_those_names(clip_model):
+    clip_model = copy.deepcopy(clip_model)  # its weights get replaced below
+    encoder = CLIPTextEncoder(clip_model)
+    calls = count_text_forwards(encoder)
+    features = torch.randn(2, 32)
+    before = encoder(features, ["cat", "dog"])
+    custom = torch.randn(2, 32) * 3
+    encoder.set_class_embeddings(["cat", "dog"], custom)
+    # Given embeddings (normalised) for both names: no tower pass, the logits change.
+    text = encoder.encode_vocabulary(["dog", "cat"])
+    assert len(calls) == 1
+    assert torch.allclose(text, F.normalize(custom, dim=-1)[[1, 0]])
+    logits = encoder(features, ["cat", "dog"])
+    assert torch.allclose(logits, F.normalize(features, dim=-1) @ F.normalize(custom, dim=-1).T / 0.01,
+                          atol=1e-4)
+    assert not torch.allclose(logits, before)
+    # A vocabulary mixing given and tower names: only the others go through the tower.
+    mixed = encoder(features, ["cat", "bird"], no_object=True)
+    text = torch.cat([F.normalize(custom[:1], dim=-1), clip_embeddings(clip_model, ["bird", "other"])])
+    assert torch.allclose(mixed, F.normalize(features, dim=-1) @ text.T / 0.01, atol=1e-3)
+    # Kept across a state-dict load (they are not the tower's); dropped by clear_class_embeddings.
+    encoder.load_state_dict({k: v.clone() for k, v in encoder.state_dict().items()})
+    assert torch.allclose(encoder.encode_vocabulary(["cat"]), F.normalize(custom[:1], dim=-1))
+    encoder.clear_class_embeddings()
+    assert torch.allclose(encoder.encode_vocabulary(["cat", "dog"]),
+                          clip_embeddings(clip_model, ["cat", "dog"]), atol=1e-5)
+
+
+def test_set_class_embeddings_checks_shapes_and_values(clip_model):
+    encoder = CLIPTextEncoder(clip_model)
+    with pytest.raises(ValueError, match=r"\(2, 32\)"):
+        encoder.set_class_embeddings(["cat", "dog"], torch.randn(2, 16))
+    with pytest.raises(ValueError, match="non-zero"):
+        encoder.set_class_embeddings(["cat"], torch.zeros(1, 32))
+    with pytest.raises(ValueError, match="more than once"):
+        encoder.set_class_embeddings(["cat", "cat"], torch.randn(2, 32))

@@ -66,13 +66,14 @@ class COCOPanopticLSJDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
-        pan_seg = rgb2id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB"))
+        pan_seg_rgb = utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        # nearest-neighbour for the id map; FixedSizeCrop pads ids with 0 = void
-        pan_seg = transforms.apply_segmentation(pan_seg)
+        # Transformed as the uint8 RGB PNG (nearest-neighbour resizing works on uint8 only),
+        # then turned into ids, as Mask2Former does; padding gets an id no segment has (void).
+        pan_seg = rgb2id(transforms.apply_segmentation(pan_seg_rgb))
 
         height, width = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -195,9 +195,10 @@ class MaskCLIP(nn.Module):
     # ---- vocabulary ----------------------------------------------------------------------
     def set_vocabulary(self, names: Sequence[str], is_thing: Optional[Sequence[bool]] = None):
         """Classify against ``names`` from now on ("a, b" = synonyms of one class). Text
-        embeddings are computed once per vocabulary and cached."""
-        names = list(names)
-        self.text_encoder.encode_vocabulary(names)  # checks the names, caches the embeddings
+        embeddings are computed at the first forward pass with this vocabulary and cached:
+        not here, where the text tower may not have its final weights yet (a checkpoint still
+        to load, or DDP's broadcast of rank 0's weights, which bypasses the cache's reset)."""
+        names = list(self.text_encoder.check_vocabulary(names))
         if is_thing is None:
             is_thing = [True] * len(names)
         if len(is_thing) != len(names):
@@ -282,7 +283,7 @@ class MaskCLIP(nn.Module):
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
-                class_probs, mask_probs, self.detections_per_image
+                class_probs, mask_probs, self.detections_per_image, self.is_thing
             )
         return result
 

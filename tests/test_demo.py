@@ -1,0 +1,147 @@
+"""demo/demo.py and the Python API on real photographs, with the tiny random model.
+
+The demo runs in-process (its ``main(argv)``), so each case costs one tiny model build.
+"""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from maskclip_d2 import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny", "maskclip_tiny.yaml")
+VOCAB = "person, astronaut; cat; coffee cup; sky; grass"
+CLASSES = ["person, astronaut", "cat", "coffee cup", "sky", "grass"]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("maskclip_demo", os.path.join(ROOT, "demo", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+def _photo(folder, name, array=None, mode=None, fmt="PNG", suffix=".png"):
+    image = Image.fromarray(getattr(skimage.data, name)() if array is None else array)
+    if mode:
+        image = image.convert(mode)
+    path = os.path.join(folder, name + suffix)
+    image.save(path, format=fmt)
+    return path
+
+
+def _check_outputs(out, stem, size, tasks):
+    """One PNG per task of the input's size, one JSON with segments from the vocabulary."""
+    for task in tasks:
+        png = os.path.join(out, f"{stem}_{task}.png" if len(tasks) > 1 else f"{stem}.png")
+        with Image.open(png) as drawn:
+            assert drawn.size == size and drawn.mode == "RGB"
+    with open(os.path.join(out, f"{stem}.json")) as f:
+        record = json.load(f)
+    assert record["vocabulary"] == CLASSES
+    for task in tasks:
+        for segment in record[task]:
+            assert segment["class"] in CLASSES
+    assert record["semantic"] if "semantic" in tasks else True  # every pixel has a class
+    return record
+
+
+def test_demo_on_photographs_writes_png_and_json_per_image(tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        _photo(str(inputs), name)
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "all"])
+    assert rc == 0
+    sizes = {"astronaut": (512, 512), "coffee": (600, 400), "chelsea": (451, 300)}
+    for stem, size in sizes.items():
+        _check_outputs(str(out), stem, size, ["semantic", "panoptic", "instance"])
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{s}_{t}.png" for s in sizes for t in ("semantic", "panoptic", "instance")]
+        + [f"{s}.json" for s in sizes]
+    )
+    printed = capsys.readouterr().out
+    assert "RANDOM CLIP weights" in printed
+    assert all(f"{s}.png: semantic:" in printed for s in sizes)  # the per-image summary
+
+
+def test_demo_skips_a_corrupt_file_and_handles_gray_rgba_and_huge_images(tmp_path, capsys):
+    inputs = tmp_path / "mixed"
+    inputs.mkdir()
+    (inputs / "broken.jpg").write_bytes(b"this is not a JPEG, just bytes with a .jpg name")
+    _photo(str(inputs), "camera")  # (512, 512) grayscale
+    _photo(str(inputs), "astronaut", mode="RGBA")
+    huge = np.tile(skimage.data.coffee()[:300, :500], (1, 10, 1))  # 5000 x 300
+    _photo(str(inputs), "huge", array=huge, fmt="JPEG", suffix=".jpg")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "semantic", "--max-image-size", "2000"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "broken.jpg: not a readable image" in captured.out + captured.err
+    assert "1 input(s) skipped" in captured.out
+    assert "(scaled down to 2000x120)" in captured.out
+    _check_outputs(str(out), "camera", (512, 512), ["semantic"])
+    _check_outputs(str(out), "astronaut", (512, 512), ["semantic"])
+    _check_outputs(str(out), "huge", (2000, 120), ["semantic"])
+    assert not any(name.startswith("broken") for name in os.listdir(out))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vocab", ""], "vocabulary is empty"),
+        (["--vocab", "cat; dog; Cat"], "names the class 'Cat' twice"),
+        (["--vocab", "cat", "--task", "depth"], "unknown --task 'depth'"),
+        (["--vocab", "cat", "--task", "semantic,panoptics"], "unknown --task"),
+    ],
+)
+def test_bad_vocabulary_or_task_is_refused_before_the_model_loads(tmp_path, capsys, args, message):
+    # Loading this model would fail (no such CLIP file), and no output may be written.
+    out = tmp_path / "out"
+    argv = ["--config-file", TINY, "--output", str(out), *args,
+            "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:")
+    assert not out.exists()
+
+
+def test_predictor_reuses_text_embeddings_across_calls():
+    predictor = Predictor(TINY)
+    text = predictor.model.text_encoder
+    encoded = []
+    original = text.encode_text
+
+    def counting(texts):
+        encoded.extend(texts)
+        return original(texts)
+
+    text.encode_text = counting
+    image = skimage.data.chelsea()
+    vocabulary = ["cat, kitty", "sofa", "wall"]
+    first = predictor(image, vocabulary=vocabulary, task="semantic")
+    # One text forward per synonym, plus the no-object text, each exactly once.
+    assert sorted(encoded) == sorted(["cat", "kitty", "sofa", "wall", "other"])
+    assert first["sem_seg"].shape == (3, 300, 451)
+
+    encoded.clear()
+    predictor(image, vocabulary=vocabulary, task=["panoptic", "instance"])
+    predictor(image[..., ::-1].copy(), vocabulary=list(vocabulary), task="semantic")
+    assert encoded == []  # same vocabulary: no text forward at all
+
+    predictor(image, vocabulary=["dog"], task="semantic")
+    assert encoded == ["dog"]  # a new vocabulary costs only its own names
+    encoded.clear()
+    predictor(image, vocabulary=vocabulary, task="semantic")
+    assert encoded == []  # and the first one is still cached
