@@ -24,10 +24,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # demo/predictor.py
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from maskclip_d2 import add_maskclip_config  # noqa: E402
+from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
 from maskclip_d2.predictor import TASKS, Predictor, parse_vocabulary, read_rgb_image  # noqa: E402
 from predictor import VisualizationDemo  # noqa: E402
 
@@ -125,10 +124,7 @@ def write_whole(path, write):
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_maskclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_maskclip_cfg(args.config_file, args.opts)
     if args.proposals:
         cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK = args.proposals
     cfg.freeze()

@@ -1,10 +1,11 @@
 """Config keys of maskclip-d2. Defaults are the paper's (ViT-L/14@336px, RMA at every L/4-th
 layer, 100 proposals, 2 CE + 5 dice + 5 BCE, AdamW at 1e-4)."""
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 from .modeling.mask2former_config import add_mask2former_config
 
-__all__ = ["add_maskclip_config"]
+__all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only"]
 
 
 def add_maskclip_config(cfg):
@@ -83,4 +84,27 @@ def add_maskclip_config(cfg):
 
     # ---- solver ----------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    return cfg
+
+
+def get_maskclip_cfg(config_file=None, opts=()):
+    """Detectron2's defaults + the MaskCLIP keys, then ``config_file`` and ``opts`` (KEY VALUE
+    pairs) merged in; not frozen."""
+    cfg = add_maskclip_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def shapes_only(cfg):
+    """``cfg`` changed so that the model builds on the CPU from nothing: random CLIP, no
+    checkpoint, no dataset (the vocabulary from MODEL.MASKCLIP.VOCABULARY, else one class).
+    For tools that only need the architecture (FLOP counts, checkpoint key layouts)."""
+    cfg.MODEL.CLIP.WEIGHTS = "random"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
+    cfg.MODEL.MASKCLIP.VOCABULARY = list(cfg.MODEL.MASKCLIP.VOCABULARY) or ["object"]
     return cfg

@@ -15,12 +15,12 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
-from .config import add_maskclip_config
+from .config import get_maskclip_cfg
 
 __all__ = ["Predictor", "TASKS", "parse_vocabulary", "check_vocabulary", "read_rgb_image"]
 
@@ -81,10 +81,7 @@ class Predictor:
 
     def __init__(self, cfg: Union[CfgNode, str], weights: Optional[str] = None, device: Optional[str] = None):
         if isinstance(cfg, (str, os.PathLike)):
-            path = os.fspath(cfg)
-            cfg = get_cfg()
-            add_maskclip_config(cfg)
-            cfg.merge_from_file(path)
+            cfg = get_maskclip_cfg(os.fspath(cfg))
         cfg = cfg.clone()
         cfg.defrost()
         if weights is not None:

@@ -202,12 +202,8 @@ def test_two_processes_give_the_loss_of_one_on_the_same_total_batch(tmp_path):
 
 # ---- 3 + 5. GT masks as proposals: exact masks, 100 with matching embeddings ---------------
 def gt_cfg(out_dir):
-    cfg = train_net.get_cfg()
-    train_net.add_maskclip_config(cfg)
-    cfg.merge_from_file(TINY)
-    cfg.merge_from_list(opts(out_dir, **{"DATASETS.TEST": f"('{TEST}',)",
-                                         "MODEL.MASKCLIP.PROPOSAL_NETWORK": "gt"}))
-    return cfg
+    return train_net.get_maskclip_cfg(TINY, opts(out_dir, **{
+        "DATASETS.TEST": f"('{TEST}',)", "MODEL.MASKCLIP.PROPOSAL_NETWORK": "gt"}))
 
 
 @torch.no_grad()

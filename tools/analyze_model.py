@@ -30,10 +30,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from maskclip_d2 import add_maskclip_config  # noqa: E402
+from maskclip_d2.config import get_maskclip_cfg, shapes_only  # noqa: E402
 from maskclip_d2.modeling.clip_baseline import CLIPBaselineEncoder  # noqa: E402
 from maskclip_d2.modeling.maskclip_encoder import MaskCLIPVisualEncoder  # noqa: E402
 
@@ -92,18 +91,9 @@ def parameter_counts(modules: Sequence[nn.Module]) -> Dict[str, int]:
 
 
 def setup_cfg(config_file: str, opts: Sequence[str]):
-    cfg = get_cfg()
-    add_maskclip_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    # Shapes are all that matter: random weights, nothing loaded, on the CPU.
-    cfg.MODEL.CLIP.WEIGHTS = "random"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    # No dataset needed: the text stage is measured on ``num_classes`` prompts of its own.
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
-    cfg.MODEL.MASKCLIP.VOCABULARY = list(cfg.MODEL.MASKCLIP.VOCABULARY) or ["object"]
+    # Shapes are all that matter: random weights, nothing loaded, on the CPU; the text stage
+    # is measured on ``num_classes`` prompts of its own.
+    cfg = shapes_only(get_maskclip_cfg(config_file, opts))
     cfg.freeze()
     return cfg
 

@@ -226,22 +226,11 @@ def save_whole(obj, path: str) -> None:
 
 def _target_state(config_file: str, opts: List[str], proposals_only: bool) -> Dict[str, torch.Tensor]:
     """Our model's state dict for a config (random weights: only names and shapes matter)."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from maskclip_d2 import add_maskclip_config
+    from maskclip_d2.config import get_maskclip_cfg, shapes_only
 
-    cfg = get_cfg()
-    add_maskclip_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.MODEL.CLIP.WEIGHTS = "random"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
-    cfg.MODEL.MASKCLIP.VOCABULARY = list(cfg.MODEL.MASKCLIP.VOCABULARY) or ["object"]
-    model = build_model(cfg)
+    model = build_model(shapes_only(get_maskclip_cfg(config_file, opts)))
     if proposals_only:
         return model.proposal_network.network.state_dict()
     return model.state_dict()
