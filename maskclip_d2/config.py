@@ -34,12 +34,15 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.MODE = "rma"
     # Layers (1-based) that get Relative Mask Attention; [] = every L/4-th layer (6,12,18,24 of 24).
     cfg.MODEL.MASKCLIP.RMA_LAYERS = []
-    # Masks processed at once in the mask-refinement product (bounds its extra memory).
-    cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE = 16
+    # Masks processed at once in the mask-refinement product (bounds its extra memory; 4 keeps
+    # a ViT-L/14@336px chunk in a CPU's L3 cache, see tools/benchmark_encoder.py).
+    cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE = 4
     # Mask logits >= this (after sigmoid) mark a patch visible to a mask class token.
     cfg.MODEL.MASKCLIP.MASK_THRESHOLD = 0.5
     # CLIP Baseline: masked images sent through CLIP at once.
     cfg.MODEL.MASKCLIP.BASELINE_CHUNK_SIZE = 32
+    # Text of the no-object class (its cosine is the no-object logit; the authors' "other").
+    cfg.MODEL.MASKCLIP.NO_OBJECT_NAME = "other"
     # Logits = cosine similarity / TEMPERATURE.
     cfg.MODEL.MASKCLIP.TEMPERATURE = 0.01
     # Prompt templates; "{}" is replaced by the class name. ["{}"] = the bare name (authors).

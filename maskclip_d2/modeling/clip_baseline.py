@@ -64,7 +64,13 @@ class CLIPBaselineEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, visual):
-        return {"visual": visual, "mask_threshold": cfg.MODEL.MASKCLIP.MASK_THRESHOLD}
+        return {
+            "visual": visual,
+            "mask_threshold": cfg.MODEL.MASKCLIP.MASK_THRESHOLD,
+            "chunk_size": cfg.MODEL.MASKCLIP.BASELINE_CHUNK_SIZE,
+            "pixel_mean": [v / 255.0 for v in cfg.MODEL.CLIP.PIXEL_MEAN],
+            "pixel_std": [v / 255.0 for v in cfg.MODEL.CLIP.PIXEL_STD],
+        }
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -92,6 +92,7 @@ class CLIPTextEncoder(nn.Module):
             "clip_model": clip_model,
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
+            "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
         }
 
     def train(self, mode: bool = True):
