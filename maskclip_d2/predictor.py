@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from .config import get_maskclip_cfg
+from .modeling.text_encoder import check_vocabulary
 
 __all__ = ["Predictor", "TASKS", "parse_vocabulary", "check_vocabulary", "read_rgb_image"]
 
@@ -36,21 +37,7 @@ def parse_vocabulary(text: str) -> List[str]:
         synonyms = [s.strip() for s in line.split(",") if s.strip()]
         if synonyms:
             classes.append(", ".join(synonyms))
-    return check_vocabulary(classes)
-
-
-def check_vocabulary(names: Sequence[str]) -> List[str]:
-    """The vocabulary as a list, or ValueError if it is empty or names a class twice."""
-    names = [str(n).strip() for n in names]
-    if not names or not all(names):
-        raise ValueError("the vocabulary is empty (or has an empty class name): give at least one class")
-    seen = {}
-    for name in names:
-        key = name.lower()
-        if key in seen:
-            raise ValueError(f"the vocabulary names the class {name!r} twice")
-        seen[key] = name
-    return names
+    return list(check_vocabulary(classes))
 
 
 def read_rgb_image(image) -> np.ndarray:
@@ -127,7 +114,7 @@ class Predictor:
         if unknown or not tasks:
             raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
         if vocabulary is not None:
-            vocabulary = check_vocabulary(vocabulary)
+            vocabulary = list(check_vocabulary(vocabulary))
             if vocabulary != self.model.vocabulary or is_thing is not None:
                 self.model.set_vocabulary(vocabulary, is_thing)
         rgb = read_rgb_image(image)

@@ -101,7 +101,7 @@ def test_demo_skips_a_corrupt_file_and_handles_gray_rgba_and_huge_images(tmp_pat
     "args, message",
     [
         (["--vocab", ""], "vocabulary is empty"),
-        (["--vocab", "cat; dog; Cat"], "names the class 'Cat' twice"),
+        (["--vocab", "cat; dog; Cat"], "['Cat'] more than once"),
         (["--vocab", "cat", "--task", "depth"], "unknown --task 'depth'"),
         (["--vocab", "cat", "--task", "semantic,panoptics"], "unknown --task"),
     ],

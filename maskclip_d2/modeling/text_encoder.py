@@ -27,7 +27,7 @@ from torch import nn
 
 from detectron2.config import configurable
 
-__all__ = ["CLIPTextEncoder"]
+__all__ = ["CLIPTextEncoder", "check_vocabulary"]
 
 
 class CLIPTextEncoder(nn.Module):
@@ -111,7 +111,7 @@ class CLIPTextEncoder(nn.Module):
         Returns:
             (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
         """
-        class_names = _check_vocabulary(class_names)
+        class_names = check_vocabulary(class_names)
         if no_object and self.no_object_name in class_names:
             raise ValueError(
                 f"the vocabulary contains the no-object text {self.no_object_name!r}: rename "
@@ -124,14 +124,9 @@ class CLIPTextEncoder(nn.Module):
         image = F.normalize(features.float(), dim=-1)
         return image @ text.to(image.device).T / self.temperature
 
-    def check_vocabulary(self, class_names: Sequence[str]) -> Tuple[str, ...]:
-        """The names as a tuple, or ValueError saying what is wrong (no names, a bad name,
-        a name listed twice); encodes nothing."""
-        return _check_vocabulary(class_names)
-
     def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
         """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
-        names = _check_vocabulary(class_names)
+        names = check_vocabulary(class_names)
         device, dtype = self.text_projection.device, self.text_projection.dtype
         key = (names, self.prompt_templates, str(device), dtype)
         if key not in self._cache:
@@ -150,7 +145,7 @@ class CLIPTextEncoder(nn.Module):
             class_names: C distinct names, as they appear in vocabularies.
             embeddings: (C, E), E the joint embedding width (``text_projection.shape[1]``).
         """
-        names = _check_vocabulary(class_names)
+        names = check_vocabulary(class_names)
         width = self.text_projection.shape[1]
         if embeddings.dim() != 2 or tuple(embeddings.shape) != (len(names), width):
             raise ValueError(
@@ -211,7 +206,10 @@ class CLIPTextEncoder(nn.Module):
         self._cache.clear()  # the weights are about to change
 
 
-def _check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
+def check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
+    """The names as a tuple, or ValueError saying what is wrong: no names, an empty name or
+    synonym, or a class listed twice (compared case-insensitively, as CLIP's tokenizer
+    lower-cases text). Encodes nothing."""
     if isinstance(class_names, str):
         raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
     names = tuple(class_names)
@@ -224,9 +222,10 @@ def _check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
             )
     seen, duplicates = set(), []
     for name in names:
-        if name in seen and name not in duplicates:
+        key = ", ".join(_synonyms(name)).lower()
+        if key in seen and name not in duplicates:
             duplicates.append(name)
-        seen.add(name)
+        seen.add(key)
     if duplicates:
         raise ValueError(
             f"the vocabulary lists {duplicates} more than once: class names must be distinct "

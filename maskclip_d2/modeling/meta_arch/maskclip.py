@@ -29,7 +29,7 @@ from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..matcher import HungarianMatcher
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
 from ..proposals import GTProposals, build_proposal_network, gt_masks_of
-from ..text_encoder import CLIPTextEncoder
+from ..text_encoder import CLIPTextEncoder, check_vocabulary
 
 __all__ = ["MaskCLIP", "vocabulary_from_metadata"]
 
@@ -198,7 +198,7 @@ class MaskCLIP(nn.Module):
         embeddings are computed at the first forward pass with this vocabulary and cached:
         not here, where the text tower may not have its final weights yet (a checkpoint still
         to load, or DDP's broadcast of rank 0's weights, which bypasses the cache's reset)."""
-        names = list(self.text_encoder.check_vocabulary(names))
+        names = list(check_vocabulary(names))
         if is_thing is None:
             is_thing = [True] * len(names)
         if len(is_thing) != len(names):
