@@ -12,13 +12,13 @@ import logging
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
+from maskclip_d2.checkpoint import StrictCheckpointer
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
@@ -129,7 +129,7 @@ def main(args):
         if cfg.TEST.AUG.ENABLED:
             raise ValueError("TEST.AUG is not supported by MaskCLIP")
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        StrictCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

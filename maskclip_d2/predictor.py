@@ -14,12 +14,12 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
+from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
 from .modeling.text_encoder import check_vocabulary
 
@@ -80,7 +80,7 @@ class Predictor:
         self.model = build_model(cfg)
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            StrictCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )

@@ -13,7 +13,6 @@ import logging
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import BitMasks, PolygonMasks
@@ -21,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
+from ..checkpoint import StrictCheckpointer
 from .meta_arch.class_agnostic_mask2former import ClassAgnosticMask2Former
 
 __all__ = ["build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals"]
@@ -47,7 +47,7 @@ def crop_and_resize(mask_logits: torch.Tensor, image_sizes, stride: float, size:
 
 def _frozen(module: nn.Module, weights: str) -> nn.Module:
     if weights:
-        DetectionCheckpointer(module).load(weights)
+        StrictCheckpointer(module).load(weights)
     else:
         logger.warning(
             "MODEL.MASKCLIP.PROPOSAL_WEIGHTS is empty: the proposal network keeps its "
