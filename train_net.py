@@ -42,11 +42,16 @@ def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
 class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
+        """INPUT.DATASET_MAPPER_NAME: "coco_panoptic_lsj" (every panoptic segment with its
+        class: MaskCLIP, the class-agnostic Mask2Former) or "coco_panoptic_lsj_class_agnostic"
+        (every segment of one class "object": the class-agnostic Mask R-CNN of stage 1)."""
         name = cfg.INPUT.DATASET_MAPPER_NAME
-        if name == "coco_panoptic_lsj":
-            mapper = COCOPanopticLSJDatasetMapper(cfg, is_train=True)
-        else:
-            raise ValueError(f"unknown INPUT.DATASET_MAPPER_NAME {name!r} (known: coco_panoptic_lsj)")
+        mappers = {"coco_panoptic_lsj": False, "coco_panoptic_lsj_class_agnostic": True}
+        if name not in mappers:
+            raise ValueError(
+                f"unknown INPUT.DATASET_MAPPER_NAME {name!r} (known: {', '.join(mappers)})"
+            )
+        mapper = COCOPanopticLSJDatasetMapper(cfg, is_train=True, class_agnostic=mappers[name])
         return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod

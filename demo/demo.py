@@ -49,8 +49,9 @@ def get_parser():
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument(
         "--proposals", choices=["mask2former", "maskrcnn"],
-        help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); 'gt' needs annotations, "
-        "so it is for evaluation with train_net.py, not for the demo",
+        help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); the config's model keys must "
+        "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml). 'gt' needs "
+        "annotations, so it is for evaluation with train_net.py, not for the demo",
     )
     parser.add_argument(
         "--max-image-size", type=int, default=4096,

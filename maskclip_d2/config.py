@@ -79,7 +79,8 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.8
 
     # ---- data ------------------------------------------------------------------------------
-    # Training mapper: "coco_panoptic_lsj" (large-scale jitter on panoptic records).
+    # Training mapper: "coco_panoptic_lsj" (large-scale jitter on panoptic records) or
+    # "coco_panoptic_lsj_class_agnostic" (the same, every segment of class 0: stage-1 Mask R-CNN).
     cfg.INPUT.DATASET_MAPPER_NAME = "coco_panoptic_lsj"
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1

@@ -13,7 +13,6 @@ import logging
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import BitMasks, PolygonMasks
 from torch import nn
@@ -23,7 +22,10 @@ from torchvision.ops import roi_align
 from ..checkpoint import StrictCheckpointer
 from .meta_arch.class_agnostic_mask2former import ClassAgnosticMask2Former
 
-__all__ = ["build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals"]
+__all__ = [
+    "build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals",
+    "paste_soft_masks", "proposal_rcnn_cfg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,36 @@ class Mask2FormerProposals(_FrozenProposals):
         return crop_and_resize(mask_logits, images.image_sizes, stride, size), objectness
 
 
+def paste_soft_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size, size: int) -> torch.Tensor:
+    """Mask R-CNN's box-relative soft masks, pasted over the whole image resampled to S x S.
+
+    The pasting of Detectron2's ``paste_masks_in_image`` (bilinear ``grid_sample`` at pixel
+    centres, zero outside the box), but on an S x S grid spanning the image's
+    ``image_size`` = (height, width) and keeping probabilities (``paste_masks_in_image``
+    thresholds them, or quantises them to uint8). Pasting onto the S x S grid directly equals
+    pasting at the image size and resizing with ``align_corners=False``, without the detour.
+
+    Args:
+        masks: (N, M, M) probabilities in [0, 1].
+        boxes: (N, 4) XYXY boxes in image pixels.
+    Returns:
+        (N, S, S) probabilities.
+    """
+    height, width = image_size
+    scale = boxes.new_tensor([size / width, size / height, size / width, size / height])
+    x0, y0, x1, y1 = (boxes * scale).float().split(1, dim=1)  # (N, 1) each, in S x S pixels
+    centres = torch.arange(size, device=masks.device, dtype=torch.float32) + 0.5
+    gx = ((centres - x0) / (x1 - x0).clamp(min=1e-6) * 2 - 1)[:, None, :].expand(-1, size, -1)
+    gy = ((centres - y0) / (y1 - y0).clamp(min=1e-6) * 2 - 1)[:, :, None].expand(-1, -1, size)
+    grid = torch.stack([gx, gy], dim=3)
+    return F.grid_sample(masks[:, None].float(), grid, align_corners=False)[:, 0]
+
+
 class MaskRCNNProposals(_FrozenProposals):
-    """Mask R-CNN's detections as proposals; fewer than Q detections are padded with empty
-    masks of objectness 0."""
+    """Mask R-CNN's detections as proposals: their soft masks pasted over the whole unpadded
+    image at S x S as logits clamped to +-``mask_logit`` (outside its box a mask is
+    -``mask_logit``), their scores as objectness; fewer than Q detections are padded with empty
+    masks (logits -``mask_logit``) of objectness 0."""
 
     def __init__(self, network: GeneralizedRCNN, num_proposals: int, mask_logit: float):
         super().__init__()
@@ -99,22 +128,21 @@ class MaskRCNNProposals(_FrozenProposals):
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        # Detections in the coordinates of the network's input (each "image" as given, before
+        # padding); det.image_size is that image's unpadded (height, width).
         detections = self.network.inference(batched_inputs, do_postprocess=False)
-        images = self.network.preprocess_image(batched_inputs)
-        device = images.tensor.device
+        device = self.network.device
         logits = torch.full(
             (len(detections), self.num_proposals, size, size), -self.mask_logit, device=device
         )
         objectness = torch.zeros((len(detections), self.num_proposals), device=device)
-        for b, (det, (h, w)) in enumerate(zip(detections, images.image_sizes)):
+        for b, det in enumerate(detections):
             det = det[: self.num_proposals]
             if len(det) == 0:
                 continue
-            # soft masks (N, 1, 28, 28) pasted into the image, then resampled to S x S
-            soft = paste_masks_in_image(det.pred_masks[:, 0], det.pred_boxes, (h, w), threshold=-1)
-            soft = soft.float() / 255.0 if soft.dtype == torch.uint8 else soft.float()
-            soft = F.interpolate(soft[None], (size, size), mode="bilinear", align_corners=False)[0]
-            logits[b, : len(det)] = torch.logit(soft.clamp(1e-6, 1 - 1e-6))
+            # pred_masks: (N, 1, M, M) probabilities (class-agnostic: one mask per detection)
+            probs = paste_soft_masks(det.pred_masks[:, 0], det.pred_boxes.tensor, det.image_size, size)
+            logits[b, : len(det)] = torch.logit(probs, eps=1e-6).clamp(-self.mask_logit, self.mask_logit)
             objectness[b, : len(det)] = det.scores
         return logits, objectness
 
@@ -159,6 +187,21 @@ def gt_masks_of(dataset_dict: Dict) -> torch.Tensor:
     return gt_masks.bool()
 
 
+def proposal_rcnn_cfg(cfg):
+    """The config of the "maskrcnn" proposal network: MaskCLIP's ``cfg`` (its R-CNN keys, which
+    must be those of the stage-1 config, e.g.
+    configs/coco/proposals/class_agnostic_mask_rcnn_R50_FPN_1x.yaml) with one class,
+    class-agnostic masks and NUM_PROPOSALS detections per image."""
+    rcnn_cfg = cfg.clone()
+    rcnn_cfg.defrost()
+    rcnn_cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    rcnn_cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+    rcnn_cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+    rcnn_cfg.MODEL.MASK_ON = True
+    rcnn_cfg.TEST.DETECTIONS_PER_IMAGE = cfg.MODEL.MASKCLIP.NUM_PROPOSALS
+    return rcnn_cfg
+
+
 def build_proposal_network(cfg) -> nn.Module:
     """The proposal source named by ``MODEL.MASKCLIP.PROPOSAL_NETWORK``, frozen."""
     mc = cfg.MODEL.MASKCLIP
@@ -167,13 +210,7 @@ def build_proposal_network(cfg) -> nn.Module:
         network = _frozen(ClassAgnosticMask2Former(cfg), mc.PROPOSAL_WEIGHTS)
         return Mask2FormerProposals(network, mc.NUM_PROPOSALS)
     if name == "maskrcnn":
-        rcnn_cfg = cfg.clone()
-        rcnn_cfg.defrost()
-        rcnn_cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
-        rcnn_cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
-        rcnn_cfg.MODEL.MASK_ON = True
-        rcnn_cfg.TEST.DETECTIONS_PER_IMAGE = mc.NUM_PROPOSALS
-        network = _frozen(GeneralizedRCNN(rcnn_cfg), mc.PROPOSAL_WEIGHTS)
+        network = _frozen(GeneralizedRCNN(proposal_rcnn_cfg(cfg)), mc.PROPOSAL_WEIGHTS)
         return MaskRCNNProposals(network, mc.NUM_PROPOSALS, mc.GT_MASK_LOGIT)
     if name == "gt":
         return GTProposals(mc.GT_MASK_LOGIT)

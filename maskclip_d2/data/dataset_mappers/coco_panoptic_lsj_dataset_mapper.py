@@ -3,7 +3,10 @@
 One record (Mask2Former's panoptic format: ``file_name``, ``pan_seg_file_name``,
 ``segments_info`` with contiguous ``category_id`` and ``iscrowd``) becomes the image tensor and
 ``instances`` with ``gt_classes`` (N,) and ``gt_masks`` (N, H, W) of every non-crowd segment,
-things and stuff alike: MaskCLIP classifies every panoptic segment.
+things and stuff alike: MaskCLIP classifies every panoptic segment. With ``class_agnostic``
+(``INPUT.DATASET_MAPPER_NAME`` "coco_panoptic_lsj_class_agnostic") every segment is one class
+"object" (``gt_classes`` all 0): the training data of the class-agnostic Mask R-CNN proposal
+network (configs/coco/proposals/class_agnostic_mask_rcnn_R50_FPN_1x.yaml).
 """
 import copy
 import logging
@@ -46,20 +49,27 @@ class COCOPanopticLSJDatasetMapper:
     """Maps one panoptic record to the model's training input (see module docstring)."""
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format):
+    def __init__(self, is_train=True, *, augmentations, image_format, class_agnostic=False):
+        """
+        Args:
+            class_agnostic: every segment gets class 0 ("object") instead of its category.
+        """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.class_agnostic = class_agnostic
         logging.getLogger(__name__).info(
             f"[COCOPanopticLSJDatasetMapper] augmentations: {augmentations}"
+            + (", class-agnostic (every segment is class 0)" if class_agnostic else "")
         )
 
     @classmethod
-    def from_config(cls, cfg, is_train=True):
+    def from_config(cls, cfg, is_train=True, class_agnostic=False):
         return {
             "is_train": is_train,
             "augmentations": build_lsj_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
+            "class_agnostic": class_agnostic,
         }
 
     def __call__(self, dataset_dict):
@@ -82,7 +92,8 @@ class COCOPanopticLSJDatasetMapper:
         keep = [i for i, m in enumerate(masks) if m.any()]  # segments cropped away are dropped
         instances = Instances((height, width))
         instances.gt_classes = torch.tensor(
-            [segments[i]["category_id"] for i in keep], dtype=torch.int64
+            [0 if self.class_agnostic else segments[i]["category_id"] for i in keep],
+            dtype=torch.int64,
         )
         if keep:
             gt_masks = torch.from_numpy(np.stack([masks[i] for i in keep]))
