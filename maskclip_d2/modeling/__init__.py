@@ -3,7 +3,7 @@ network (stage 1), the MaskCLIP Visual Encoder and the CLIP Baseline, the text s
 meta-architectures (importing registers them)."""
 from .clip_loader import build_clip_model, load_clip
 from .mask2former_config import add_mask2former_config
-from .maskclip_encoder import MaskCLIPVisualEncoder, RelativeMaskAttention, mask_visibility
+from .maskclip_encoder import FrozenCLIPImageEncoder, MaskCLIPVisualEncoder, RelativeMaskAttention, mask_visibility
 from .clip_baseline import CLIPBaselineEncoder
 from .text_encoder import CLIPTextEncoder
 from .meta_arch import ClassAgnosticMask2Former, MaskCLIP

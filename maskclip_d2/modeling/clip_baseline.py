@@ -9,11 +9,10 @@ from typing import Dict, Sequence
 
 import torch
 from clip.model import VisionTransformer
-from torch import nn
 
 from detectron2.config import configurable
 
-from .maskclip_encoder import pixels_in_mask
+from .maskclip_encoder import FrozenCLIPImageEncoder, pixels_in_mask
 
 __all__ = ["CLIPBaselineEncoder", "CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD"]
 
@@ -22,7 +21,7 @@ CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class CLIPBaselineEncoder(nn.Module):
+class CLIPBaselineEncoder(FrozenCLIPImageEncoder):
     """CLIP features of masked images, one CLIP forward per (image, mask) pair.
 
     Pixels outside a mask become black, as in the paper's ``mask * image`` on RGB values: in
@@ -48,17 +47,10 @@ class CLIPBaselineEncoder(nn.Module):
             pixel_mean, pixel_std: the normalisation the images arrive with (RGB in [0, 1]);
                 they define black.
         """
-        super().__init__()
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.visual = visual
-        self.visual.requires_grad_(False)
-        self.visual.eval()
-        self.mask_threshold = mask_threshold
+        super().__init__(visual, mask_threshold)
         self.chunk_size = chunk_size
-        self.input_resolution = visual.input_resolution
         black = -torch.tensor(pixel_mean) / torch.tensor(pixel_std)
         self.register_buffer("background", black.view(1, 3, 1, 1), persistent=False)
 
@@ -72,11 +64,6 @@ class CLIPBaselineEncoder(nn.Module):
             "pixel_std": [v / 255.0 for v in cfg.MODEL.CLIP.PIXEL_STD],
         }
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.visual.eval()  # CLIP stays frozen in inference mode
-        return self
-
     def forward(self, images: torch.Tensor, mask_logits: torch.Tensor) -> Dict[str, object]:
         """
         Args:
@@ -87,19 +74,8 @@ class CLIPBaselineEncoder(nn.Module):
             dict with "features": (B, M, E), CLIP's image embedding of each masked image
             (not normalised), and "masks": [] (the baseline does not refine masks).
         """
-        R = self.input_resolution
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, R, R):
-            raise ValueError(
-                f"images must be (B, 3, {R}, {R}) at the CLIP input resolution, got "
-                f"{tuple(images.shape)}; resize them first"
-            )
-        B = images.shape[0]
-        if mask_logits.dim() != 4 or mask_logits.shape[0] != B or tuple(mask_logits.shape[2:]) != (R, R):
-            raise ValueError(
-                f"mask_logits must be (B={B}, M, {R}, {R}), got {tuple(mask_logits.shape)}; "
-                f"resize proposals to the CLIP input resolution first"
-            )
-        M = mask_logits.shape[1]
+        self._check_inputs(images, mask_logits)
+        B, M = mask_logits.shape[:2]
         dtype = self.visual.conv1.weight.dtype
         keep = pixels_in_mask(mask_logits, self.mask_threshold).flatten(0, 1).unsqueeze(1)
         image_of_pair = torch.arange(B, device=images.device).repeat_interleave(M)

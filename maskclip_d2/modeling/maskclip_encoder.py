@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from detectron2.config import configurable
 
 __all__ = [
+    "FrozenCLIPImageEncoder",
     "MaskCLIPVisualEncoder",
     "RelativeMaskAttention",
     "default_rma_layers",
@@ -245,7 +246,49 @@ class RelativeMaskAttention(nn.Module):
         return relative, residual.view(B, m, g, g, p, p)  # (B, m, patch row, patch col, p, p)
 
 
-class MaskCLIPVisualEncoder(nn.Module):
+class FrozenCLIPImageEncoder(nn.Module):
+    """What the MaskCLIP Visual Encoder and the CLIP Baseline share: a CLIP image tower used in
+    place, frozen (``requires_grad=False``) and kept in eval mode by ``train()``, masks given
+    as logits at the CLIP input resolution R, and the input checks of their common
+    ``forward(images (B, 3, R, R), mask_logits (B, M, R, R))`` contract."""
+
+    def __init__(self, visual: VisionTransformer, mask_threshold: float):
+        super().__init__()
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+        self.visual = visual
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self.mask_threshold = mask_threshold
+        self.input_resolution = visual.input_resolution
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.visual.eval()  # CLIP stays frozen in inference mode
+        return self
+
+    def _check_inputs(self, images: torch.Tensor, mask_logits: torch.Tensor) -> None:
+        R = self.input_resolution
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, R, R):
+            raise ValueError(
+                f"images must be (B, 3, {R}, {R}) at the CLIP input resolution, got "
+                f"{tuple(images.shape)}; resize them first"
+            )
+        if (
+            mask_logits.dim() != 4
+            or mask_logits.shape[0] != images.shape[0]
+            or tuple(mask_logits.shape[2:]) != (R, R)
+        ):
+            raise ValueError(
+                f"mask_logits must be (B={images.shape[0]}, M, {R}, {R}), got "
+                f"{tuple(mask_logits.shape)}; resize proposals to the CLIP input resolution "
+                f"first (e.g. F.interpolate(..., mode='bilinear'))"
+            )
+        if not mask_logits.is_floating_point():
+            raise ValueError(f"mask_logits must be floating point logits, got {mask_logits.dtype}")
+
+
+class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
     """A frozen CLIP ViT with Mask Class Tokens and, in ``"rma"`` mode, Relative Mask Attention.
 
     CLIP's weights are used in place (never copied), frozen (``requires_grad=False``) and kept
@@ -274,7 +317,6 @@ class MaskCLIPVisualEncoder(nn.Module):
                 which bounds its memory. On CPU, small chunks that stay in cache are fastest
                 (4 beats 16 by about 10% at ViT-L/14@336px, see tools/benchmark_encoder.py).
         """
-        super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise ValueError(
                 f"MaskCLIP needs the image tower of a ViT CLIP (clip.model.VisionTransformer), "
@@ -285,19 +327,12 @@ class MaskCLIPVisualEncoder(nn.Module):
                 f"mode must be 'rma' or 'mask_tokens', got {mode!r} (the CLIP Baseline is "
                 f"CLIPBaselineEncoder)"
             )
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
         if refine_chunk_size < 1:
             raise ValueError(f"refine_chunk_size must be >= 1, got {refine_chunk_size}")
-
-        self.visual = visual
-        self.visual.requires_grad_(False)
-        self.visual.eval()
+        super().__init__(visual, mask_threshold)
         self.mode = mode
-        self.mask_threshold = mask_threshold
         self.refine_chunk_size = refine_chunk_size
         self.patch_size = visual.conv1.kernel_size[0]
-        self.input_resolution = visual.input_resolution
         self.width = visual.conv1.out_channels
         self.num_heads = visual.transformer.resblocks[0].attn.num_heads
         num_layers = len(visual.transformer.resblocks)
@@ -334,11 +369,6 @@ class MaskCLIPVisualEncoder(nn.Module):
             "mask_threshold": cfg.MODEL.MASKCLIP.MASK_THRESHOLD,
             "refine_chunk_size": cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE,
         }
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.visual.eval()  # CLIP stays frozen in inference mode
-        return self
 
     def forward(self, images: torch.Tensor, mask_logits: torch.Tensor) -> Dict[str, object]:
         """
@@ -441,23 +471,3 @@ class MaskCLIPVisualEncoder(nn.Module):
         x = x + attn.out_proj(out)
         x = x + block.mlp(block.ln_2(x))
         return x, refined
-
-    def _check_inputs(self, images: torch.Tensor, mask_logits: torch.Tensor) -> None:
-        R = self.input_resolution
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, R, R):
-            raise ValueError(
-                f"images must be (B, 3, {R}, {R}) at the CLIP input resolution, got "
-                f"{tuple(images.shape)}; resize them first"
-            )
-        if (
-            mask_logits.dim() != 4
-            or mask_logits.shape[0] != images.shape[0]
-            or tuple(mask_logits.shape[2:]) != (R, R)
-        ):
-            raise ValueError(
-                f"mask_logits must be (B={images.shape[0]}, M, {R}, {R}), got "
-                f"{tuple(mask_logits.shape)}; resize proposals to the CLIP input resolution "
-                f"first (e.g. F.interpolate(..., mode='bilinear'))"
-            )
-        if not mask_logits.is_floating_point():
-            raise ValueError(f"mask_logits must be floating point logits, got {mask_logits.dtype}")
