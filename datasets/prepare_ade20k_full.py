@@ -28,6 +28,7 @@ from maskclip_d2.data.datasets.utils import (
     read_categories,
     write_json_atomic,
 )
+from maskclip_d2.utils import atomic_write
 from maskclip_d2.data.prepare_utils import (
     argument_parser,
     convert_each,
@@ -105,9 +106,8 @@ def prepare(root):
 
 
 def _copy(src, dst):
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    with atomic_write(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def main(argv=None):

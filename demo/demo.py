@@ -15,7 +15,6 @@ import glob
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # demo/predictor
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
+from maskclip_d2.utils import atomic_write  # noqa: E402
 from maskclip_d2.predictor import TASKS, Predictor, parse_vocabulary, read_rgb_image  # noqa: E402
 from predictor import VisualizationDemo  # noqa: E402
 
@@ -108,22 +108,6 @@ def sample_photos(folder):
     return paths
 
 
-def write_whole(path, write):
-    """Writes through a temporary file in the same folder, then renames: never half a file."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def setup_cfg(args):
     cfg = get_maskclip_cfg(args.config_file, args.opts)
     if args.proposals:
@@ -190,10 +174,12 @@ def main(argv=None):
                 png = args.output
             else:
                 png = os.path.join(out_dir, f"{stem}.png" if len(tasks) == 1 else f"{stem}_{task}.png")
-            write_whole(png, lambda p, im=drawn[task]: Image.fromarray(im).save(p, format="PNG"))
+            with atomic_write(png) as tmp:
+                Image.fromarray(drawn[task]).save(tmp, format="PNG")
         record = {"image": path, "vocabulary": vocabulary, **{task: segments[task] for task in tasks}}
         json_path = os.path.splitext(args.output)[0] + ".json" if single_file_output else os.path.join(out_dir, f"{stem}.json")
-        write_whole(json_path, lambda p: open(p, "w").write(json.dumps(record, indent=1)))
+        with atomic_write(json_path) as tmp, open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
         counts = ", ".join(
             f"{task}: {len(segments[task])} segments ({', '.join(sorted({s['class'].split(',')[0] for s in segments[task]})) or '-'})"
             for task in tasks

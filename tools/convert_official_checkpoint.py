@@ -57,13 +57,14 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from maskclip_d2.utils import atomic_write  # noqa: E402
 
 __all__ = [
     "load_checkpoint", "convert_maskclip", "convert_proposals", "text_tower_state",
@@ -211,17 +212,8 @@ def check(converted: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tens
 
 def save_whole(obj, path: str) -> None:
     """``torch.save`` through a temporary file in the same folder, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _target_state(config_file: str, opts: List[str], proposals_only: bool) -> Dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from ..utils.file_io import atomic_write
+
 __all__ = [
     "argument_parser", "require_download", "save_label_image", "convert_each", "read_label_image",
 ]
@@ -41,10 +43,8 @@ def require_download(paths, what):
 
 def save_label_image(array, path):
     """Save a label array atomically: (H, W) uint8 or (H, W, 3) uint8 -> PNG, uint16 -> TIFF."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(array).save(tmp, format=_FORMATS[os.path.splitext(path)[1].lower()])
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(array).save(tmp, format=_FORMATS[os.path.splitext(path)[1].lower()])
 
 
 def read_label_image(path):

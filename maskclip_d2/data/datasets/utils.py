@@ -17,6 +17,8 @@ import os
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.file_io import atomic_write
+
 __all__ = [
     "get_datasets_root",
     "register_dataset",
@@ -77,11 +79,8 @@ def read_categories(path):
 
 def write_json_atomic(obj, path):
     """Write ``obj`` as JSON so that ``path`` exists only once it is complete."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def deterministic_colors(num_colors, seed=0):
