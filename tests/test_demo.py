@@ -50,7 +50,8 @@ def _check_outputs(out, stem, size, tasks):
     for task in tasks:
         for segment in record[task]:
             assert segment["class"] in CLASSES
-    assert record["semantic"] if "semantic" in tasks else True  # every pixel has a class
+    if "semantic" in tasks:  # every pixel has a class: the areas cover the image
+        assert sum(s["area"] for s in record["semantic"]) == size[0] * size[1]
     return record
 
 

@@ -61,6 +61,10 @@ def test_random_tiny_clip_encodes_images_and_text(caplog):
         text_features = model.encode_text(clip.tokenize(["a photo of a cat", "a dog", "sky"]))
     assert image_features.shape == (2, 64)
     assert text_features.shape == (3, 64)
+    # the towers read their input: different images and texts give different features
+    assert torch.isfinite(image_features).all() and torch.isfinite(text_features).all()
+    assert not torch.allclose(image_features[0], image_features[1])
+    assert not torch.allclose(text_features[0], text_features[1])
 
 
 def test_tiny_architecture_survives_build_model(tiny):

@@ -102,6 +102,14 @@ def test_deep_supervision_and_empty_targets():
     assert set(losses) == {f"loss_{n}{s}" for n in ("ce", "mask", "dice") for s in ("", "_0", "_1")}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+    # each auxiliary prediction is scored on its own: CE of a layer equals the CE of that layer alone
+    aux = [{"pred_logits": torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(i)),
+            "pred_masks": outputs["pred_masks"].detach()} for i in range(2)]
+    deep = criterion({**{k: v.detach() for k, v in outputs.items() if k != "aux_outputs"}, "aux_outputs": aux}, targets)
+    for i in range(2):
+        alone = criterion(aux[i], targets)
+        assert math.isclose(deep[f"loss_ce_{i}"].item(), alone["loss_ce"].item(), rel_tol=1e-6)
+    assert not math.isclose(deep["loss_ce_0"].item(), deep["loss_ce_1"].item(), rel_tol=1e-6)
     # only no-object for every query of both images -> zero mask loss
     none = [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32)}] * 2
     empty = criterion({k: v for k, v in outputs.items() if k != "aux_outputs"}, none)

@@ -188,6 +188,7 @@ def test_mask_feature_ignores_other_masks(small_clip, mode):
     assert close(subset["features"], full["features"][:, 2:5])
     assert close(single["features"], full["features"][:, 4:5])
     assert close(added["features"][:, :M], full["features"])
+    assert len(full["masks"]) == len(encoder.rma_layers)  # 0 in mask_tokens mode
     for layer in range(len(full["masks"])):
         assert close(permuted["masks"][layer], full["masks"][layer][:, order])
         assert close(subset["masks"][layer], full["masks"][layer][:, 2:5])

@@ -96,6 +96,7 @@ def test_gt_proposals_give_the_ground_truth_masks():
     for m in masks:
         assert any(torch.equal(p, m) for p in inst.pred_masks)
     seg, segments = result["panoptic_seg"]
+    assert len(segments) == len(masks)
     for s in segments:
         region = seg == s["id"]
         assert any(torch.equal(region, m) for m in masks)
