@@ -11,13 +11,16 @@ from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from detectron2.structures import BitMasks, PolygonMasks
 from detectron2.utils import comm
 from torch import nn
 from torch.nn import functional as F
 
 from .matcher import HungarianMatcher
 
-__all__ = ["dice_loss", "sigmoid_ce_loss", "calculate_uncertainty", "SetCriterion"]
+__all__ = [
+    "build_set_criterion",
+    "gt_masks_of","dice_loss", "sigmoid_ce_loss", "calculate_uncertainty", "SetCriterion"]
 
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -176,3 +179,43 @@ class SetCriterion(nn.Module):
             f"no_object_weight={self.no_object_weight}, num_points={self.num_points}, "
             f"oversample_ratio={self.oversample_ratio}, importance_sample_ratio={self.importance_sample_ratio}"
         )
+
+
+def build_set_criterion(num_classes: int, node) -> SetCriterion:
+    """The matcher and criterion from a config node with Mask2Former's loss keys
+    (CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS,
+    OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO, DEEP_SUPERVISION): ``cfg.MODEL.MASK_FORMER``
+    for stage 1, ``cfg.MODEL.MASKCLIP`` for stage 2. The loss weights are also the costs."""
+    matcher = HungarianMatcher(
+        cost_class=node.CLASS_WEIGHT, cost_mask=node.MASK_WEIGHT, cost_dice=node.DICE_WEIGHT,
+        num_points=node.TRAIN_NUM_POINTS,
+    )
+    return SetCriterion(
+        num_classes, matcher,
+        class_weight=node.CLASS_WEIGHT, mask_weight=node.MASK_WEIGHT,
+        dice_weight=node.DICE_WEIGHT, no_object_weight=node.NO_OBJECT_WEIGHT,
+        num_points=node.TRAIN_NUM_POINTS, oversample_ratio=node.OVERSAMPLE_RATIO,
+        importance_sample_ratio=node.IMPORTANCE_SAMPLE_RATIO,
+        deep_supervision=node.DEEP_SUPERVISION,
+    )
+
+
+def gt_masks_of(dataset_dict: Dict) -> torch.Tensor:
+    """(N, H, W) bool ground-truth masks of a mapped input (its ``instances.gt_masks``: a
+    tensor, ``BitMasks`` or ``PolygonMasks``); (0, H, W) when it has none."""
+    if "instances" not in dataset_dict:
+        raise ValueError(
+            "this input needs ground truth ('instances' with 'gt_masks'), for training or for "
+            "MODEL.MASKCLIP.PROPOSAL_NETWORK 'gt': use a dataset with annotations and a "
+            "mapper that keeps them"
+        )
+    instances = dataset_dict["instances"]
+    height, width = instances.image_size
+    if not instances.has("gt_masks"):
+        return torch.zeros((0, height, width), dtype=torch.bool)
+    gt_masks = instances.gt_masks
+    if isinstance(gt_masks, PolygonMasks):
+        gt_masks = BitMasks.from_polygon_masks(gt_masks, height, width)
+    if isinstance(gt_masks, BitMasks):
+        gt_masks = gt_masks.tensor
+    return gt_masks.bool()

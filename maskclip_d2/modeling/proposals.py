@@ -14,12 +14,12 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.modeling import GeneralizedRCNN
-from detectron2.structures import BitMasks, PolygonMasks
 from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from ..checkpoint import StrictCheckpointer
+from .criterion import gt_masks_of
 from .meta_arch.class_agnostic_mask2former import ClassAgnosticMask2Former
 
 __all__ = [
@@ -151,6 +151,9 @@ class GTProposals(nn.Module):
     """Ground-truth masks as proposals: logits +-``mask_logit``, objectness 1; images with
     fewer masks than the batch's largest are padded with empty masks of objectness 0."""
 
+    # MaskCLIP outputs these masks themselves, not their encoder-refined version (Table 7).
+    outputs_are_ground_truth = True
+
     def __init__(self, mask_logit: float):
         super().__init__()
         self.mask_logit = mask_logit
@@ -166,25 +169,6 @@ class GTProposals(nn.Module):
                 logits[b, : len(m)] = (2 * resized - 1) * self.mask_logit
                 objectness[b, : len(m)] = 1.0
         return logits, objectness
-
-
-def gt_masks_of(dataset_dict: Dict) -> torch.Tensor:
-    """(N, H, W) bool ground-truth masks of a mapped input (its ``instances``)."""
-    if "instances" not in dataset_dict:
-        raise ValueError(
-            "MODEL.MASKCLIP.PROPOSAL_NETWORK 'gt' needs ground truth in the inputs: "
-            "use a dataset with annotations and a mapper that keeps them"
-        )
-    instances = dataset_dict["instances"]
-    height, width = instances.image_size
-    if not instances.has("gt_masks"):
-        return torch.zeros((0, height, width), dtype=torch.bool)
-    gt_masks = instances.gt_masks
-    if isinstance(gt_masks, PolygonMasks):
-        gt_masks = BitMasks.from_polygon_masks(gt_masks, height, width)
-    if isinstance(gt_masks, BitMasks):
-        gt_masks = gt_masks.tensor
-    return gt_masks.bool()
 
 
 def proposal_rcnn_cfg(cfg):

@@ -9,12 +9,11 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, ImageList, PolygonMasks
+from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
-from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
+from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from .mask_former_head import MaskFormerHead
 
 __all__ = ["ClassAgnosticMask2Former"]
@@ -72,24 +71,7 @@ class ClassAgnosticMask2Former(nn.Module):
         backbone = build_backbone(cfg)
         sem_seg_head = MaskFormerHead(cfg, backbone.output_shape(), NUM_CLASSES)
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(
-            cost_class=mf.CLASS_WEIGHT,
-            cost_mask=mf.MASK_WEIGHT,
-            cost_dice=mf.DICE_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS,
-        )
-        criterion = SetCriterion(
-            NUM_CLASSES,
-            matcher,
-            class_weight=mf.CLASS_WEIGHT,
-            mask_weight=mf.MASK_WEIGHT,
-            dice_weight=mf.DICE_WEIGHT,
-            no_object_weight=mf.NO_OBJECT_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS,
-            oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-            deep_supervision=mf.DEEP_SUPERVISION,
-        )
+        criterion = build_set_criterion(NUM_CLASSES, mf)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
@@ -136,14 +118,7 @@ class ClassAgnosticMask2Former(nn.Module):
         to ``padded_size`` (the batched images' size)."""
         targets = []
         for x in batched_inputs:
-            instances = x["instances"]
-            height, width = instances.image_size
-            gt_masks = instances.gt_masks if instances.has("gt_masks") else torch.zeros(0, height, width)
-            if isinstance(gt_masks, PolygonMasks):
-                gt_masks = BitMasks.from_polygon_masks(gt_masks, height, width)
-            if isinstance(gt_masks, BitMasks):
-                gt_masks = gt_masks.tensor
-            gt_masks = gt_masks.to(self.device)
+            gt_masks = gt_masks_of(x).to(self.device)
             padded = gt_masks.new_zeros((gt_masks.shape[0], *padded_size))
             padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
             labels = torch.full((gt_masks.shape[0],), OBJECT, dtype=torch.int64, device=self.device)

@@ -24,11 +24,10 @@ from torch.nn import functional as F
 
 from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model
-from ..criterion import SetCriterion
+from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from ..maskclip_encoder import MaskCLIPVisualEncoder
-from ..matcher import HungarianMatcher
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
-from ..proposals import GTProposals, build_proposal_network, gt_masks_of
+from ..proposals import build_proposal_network
 from ..text_encoder import CLIPTextEncoder, check_vocabulary
 
 __all__ = ["MaskCLIP", "vocabulary_from_metadata"]
@@ -160,18 +159,7 @@ class MaskCLIP(nn.Module):
 
         criterion = None
         if mc.MODE == "rma":
-            matcher = HungarianMatcher(
-                cost_class=mc.CLASS_WEIGHT, cost_mask=mc.MASK_WEIGHT, cost_dice=mc.DICE_WEIGHT,
-                num_points=mc.TRAIN_NUM_POINTS,
-            )
-            criterion = SetCriterion(
-                len(vocabulary), matcher,
-                class_weight=mc.CLASS_WEIGHT, mask_weight=mc.MASK_WEIGHT,
-                dice_weight=mc.DICE_WEIGHT, no_object_weight=mc.NO_OBJECT_WEIGHT,
-                num_points=mc.TRAIN_NUM_POINTS, oversample_ratio=mc.OVERSAMPLE_RATIO,
-                importance_sample_ratio=mc.IMPORTANCE_SAMPLE_RATIO,
-                deep_supervision=mc.DEEP_SUPERVISION,
-            )
+            criterion = build_set_criterion(len(vocabulary), mc)
         test = mc.TEST
         return {
             "proposal_network": build_proposal_network(cfg),
@@ -189,7 +177,7 @@ class MaskCLIP(nn.Module):
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "use_objectness": mc.MODE != "rma" and mc.PROPOSAL_NETWORK != "gt",
+            "use_objectness": mc.MODE != "rma",
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -249,7 +237,7 @@ class MaskCLIP(nn.Module):
         if self.training:
             return self.losses(batched_inputs, class_logits, refined)
 
-        if isinstance(self.proposal_network, GTProposals):
+        if getattr(self.proposal_network, "outputs_are_ground_truth", False):
             output_masks = None  # the ground-truth masks themselves (Table 7)
         else:
             output_masks = refined[-1] if refined else mask_logits
@@ -302,8 +290,8 @@ class MaskCLIP(nn.Module):
             )
         targets = []
         for x in batched_inputs:
-            instances = x["instances"].to(self.device)
-            targets.append({"labels": instances.gt_classes, "masks": gt_masks_of(x).to(self.device)})
+            masks = gt_masks_of(x).to(self.device)
+            targets.append({"labels": x["instances"].gt_classes.to(self.device), "masks": masks})
         outputs = {"pred_logits": class_logits, "pred_masks": refined[-1]}
         outputs["aux_outputs"] = [
             {"pred_logits": class_logits, "pred_masks": masks} for masks in refined[:-1]
