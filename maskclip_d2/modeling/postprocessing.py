@@ -59,29 +59,30 @@ def panoptic_inference(
     survives = (areas > 0) & (original_areas > 0)
     survives &= areas >= overlap_threshold * original_areas.clamp(min=1)
 
+    # Segment ids are assigned in Python (a few per image, no pixel work); the image is then
+    # painted once: every pixel gets the segment id of its owning mask, if that mask is on.
+    segment_of_mask = [0] * len(scores)
     stuff_segment_of_class: Dict[int, int] = {}
-    for m in torch.nonzero(survives).flatten().tolist():
-        category = int(labels[m])
-        thing = bool(is_thing[category])
-        region = owned[m] & on[m]
+    thing_flags = is_thing.tolist()
+    for m, category, score, area in zip(
+        torch.nonzero(survives).flatten().tolist(), labels[survives].tolist(),
+        scores[survives].tolist(), areas[survives].tolist(),
+    ):
+        thing = bool(thing_flags[category])
         if not thing and category in stuff_segment_of_class:
-            segment_id = stuff_segment_of_class[category]
-            panoptic_seg[region] = segment_id
-            segments_info[segment_id - 1]["area"] += int(region.sum())
+            segment_of_mask[m] = stuff_segment_of_class[category]
+            segments_info[segment_of_mask[m] - 1]["area"] += area
             continue
-        segment_id = len(segments_info) + 1
-        panoptic_seg[region] = segment_id
+        segment_of_mask[m] = len(segments_info) + 1
         segments_info.append(
-            {
-                "id": segment_id,
-                "category_id": category,
-                "isthing": thing,
-                "score": float(scores[m]),
-                "area": int(region.sum()),
-            }
+            {"id": segment_of_mask[m], "category_id": category, "isthing": thing,
+             "score": score, "area": area}
         )
         if not thing:
-            stuff_segment_of_class[category] = segment_id
+            stuff_segment_of_class[category] = segment_of_mask[m]
+    segment_ids = torch.tensor(segment_of_mask, dtype=torch.int32, device=owner.device)
+    owner_is_on = on.gather(0, owner[None])[0]
+    panoptic_seg = torch.where(owner_is_on, segment_ids[owner], panoptic_seg)
     return panoptic_seg, segments_info
 
 
