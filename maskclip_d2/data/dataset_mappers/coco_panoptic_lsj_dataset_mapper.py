@@ -88,18 +88,13 @@ class COCOPanopticLSJDatasetMapper:
         height, width = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         segments = [s for s in dataset_dict.pop("segments_info") if not s.get("iscrowd", 0)]
-        masks = [pan_seg == s["id"] for s in segments]
-        keep = [i for i, m in enumerate(masks) if m.any()]  # segments cropped away are dropped
+        ids = np.array([s["id"] for s in segments], dtype=pan_seg.dtype)
+        masks = pan_seg[None] == ids[:, None, None]  # (S, H, W)
+        keep = np.flatnonzero(masks.any(axis=(1, 2)))  # segments cropped away are dropped
+        classes = [0 if self.class_agnostic else segments[i]["category_id"] for i in keep]
         instances = Instances((height, width))
-        instances.gt_classes = torch.tensor(
-            [0 if self.class_agnostic else segments[i]["category_id"] for i in keep],
-            dtype=torch.int64,
-        )
-        if keep:
-            gt_masks = torch.from_numpy(np.stack([masks[i] for i in keep]))
-        else:
-            gt_masks = torch.zeros((0, height, width), dtype=torch.bool)
-        instances.gt_masks = BitMasks(gt_masks)
+        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(masks[keep])))
         instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = instances
         return dataset_dict
