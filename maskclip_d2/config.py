@@ -3,6 +3,7 @@ layer, 100 proposals, 2 CE + 5 dice + 5 BCE, AdamW at 1e-4)."""
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .modeling.clip_baseline import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 from .modeling.mask2former_config import add_mask2former_config
 
 __all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only"]
@@ -25,8 +26,8 @@ def add_maskclip_config(cfg):
     # "" = $MASKCLIP_CLIP_CACHE or ~/.cache/clip.
     cfg.MODEL.CLIP.CACHE_DIR = ""
     # CLIP's RGB normalisation, in 0-255 units.
-    cfg.MODEL.CLIP.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
-    cfg.MODEL.CLIP.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
+    cfg.MODEL.CLIP.PIXEL_MEAN = [255.0 * v for v in CLIP_PIXEL_MEAN]
+    cfg.MODEL.CLIP.PIXEL_STD = [255.0 * v for v in CLIP_PIXEL_STD]
 
     # ---- MaskCLIP ------------------------------------------------------------------------
     cfg.MODEL.MASKCLIP = CN()
