@@ -16,6 +16,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader, build_
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from maskclip_d2.checkpoint import StrictCheckpointer
@@ -124,7 +125,7 @@ def setup(args):
     cfg = get_maskclip_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=0, name="maskclip_d2")
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskclip_d2")
     return cfg
 
 

@@ -10,7 +10,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from maskclip_d2.predictor import TASKS, Predictor
 
-__all__ = ["VisualizationDemo", "demo_metadata", "segments_json"]
+__all__ = ["VisualizationDemo", "demo_metadata", "kept_results", "segments_json"]
 
 
 def demo_metadata(vocabulary: Sequence[str]) -> Metadata:
@@ -27,30 +27,46 @@ def demo_metadata(vocabulary: Sequence[str]) -> Metadata:
     )
 
 
-def segments_json(outputs: Dict, task: str, vocabulary: Sequence[str], threshold: float) -> List[Dict]:
-    """A JSON-ready list of the segments of one task's output."""
+def segments_json(task: str, result, vocabulary: Sequence[str]) -> List[Dict]:
+    """A JSON-ready list of the segments of one task's result, as ``kept_results`` gives it."""
     if task == "panoptic":
-        _, segments = outputs["panoptic_seg"]
+        _, segments = result
         return [
             {"id": s["id"], "class": vocabulary[s["category_id"]], "category_id": s["category_id"],
              "isthing": bool(s["isthing"]), "score": round(float(s["score"]), 4), "area": int(s["area"])}
-            for s in segments if s["score"] >= threshold
+            for s in segments
         ]
     if task == "instance":
-        inst = outputs["instances"]
-        keep = inst.scores >= threshold
-        inst = inst[keep]
+        classes, scores = result.pred_classes.tolist(), result.scores.tolist()
+        boxes, areas = result.pred_boxes.tensor.tolist(), result.pred_masks.flatten(1).sum(1).tolist()
         return [
-            {"class": vocabulary[int(c)], "category_id": int(c), "score": round(float(s), 4),
-             "bbox_xyxy": [round(float(v), 1) for v in box], "area": int(m.sum())}
-            for c, s, box, m in zip(inst.pred_classes, inst.scores, inst.pred_boxes.tensor, inst.pred_masks)
+            {"class": vocabulary[c], "category_id": c, "score": round(s, 4),
+             "bbox_xyxy": [round(v, 1) for v in box], "area": a}
+            for c, s, box, a in zip(classes, scores, boxes, areas)
         ]
-    labels = outputs["sem_seg"].argmax(0)
-    ids, areas = torch.unique(labels, return_counts=True)
+    ids, areas = torch.unique(result, return_counts=True)
     return [
-        {"class": vocabulary[int(i)], "category_id": int(i), "area": int(a)}
+        {"class": vocabulary[i], "category_id": i, "area": a}
         for i, a in zip(ids.tolist(), areas.tolist())
     ]
+
+
+def kept_results(outputs: Dict, tasks: Sequence[str], threshold: float) -> Dict:
+    """Each task's result on the CPU, below-threshold segments dropped: panoptic (segment ids,
+    segments_info), instance ``Instances``, semantic (H, W) class labels."""
+    kept = {}
+    if "panoptic" in tasks:
+        seg, info = outputs["panoptic_seg"]
+        seg = seg.cpu()
+        info = [s for s in info if s["score"] >= threshold]
+        ids = torch.tensor([s["id"] for s in info], dtype=seg.dtype)
+        kept["panoptic"] = (torch.where(torch.isin(seg, ids), seg, torch.zeros_like(seg)), info)
+    if "instance" in tasks:
+        inst = outputs["instances"].to("cpu")
+        kept["instance"] = inst[inst.scores >= threshold]
+    if "semantic" in tasks:
+        kept["semantic"] = outputs["sem_seg"].argmax(0).cpu()
+    return kept
 
 
 class VisualizationDemo:
@@ -62,20 +78,16 @@ class VisualizationDemo:
         """Returns (outputs, {task: drawn RGB image}, {task: segments})."""
         outputs = self.predictor(rgb, vocabulary=vocabulary, task=list(tasks))
         metadata = demo_metadata(vocabulary)
+        kept = kept_results(outputs, tasks, self.confidence_threshold)
         drawn, segments = {}, {}
         for task in tasks:
             visualizer = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
             if task == "panoptic":
-                seg, info = outputs["panoptic_seg"]
-                info = [s for s in info if s["score"] >= self.confidence_threshold]
-                kept = torch.tensor([s["id"] for s in info], dtype=seg.dtype)
-                seg = torch.where(torch.isin(seg.cpu(), kept), seg.cpu(), torch.zeros_like(seg.cpu()))
-                vis = visualizer.draw_panoptic_seg(seg, info)
+                vis = visualizer.draw_panoptic_seg(*kept[task])
             elif task == "instance":
-                inst = outputs["instances"].to("cpu")
-                vis = visualizer.draw_instance_predictions(inst[inst.scores >= self.confidence_threshold])
+                vis = visualizer.draw_instance_predictions(kept[task])
             else:
-                vis = visualizer.draw_sem_seg(outputs["sem_seg"].argmax(0).cpu())
+                vis = visualizer.draw_sem_seg(kept[task])
             drawn[task] = vis.get_image()
-            segments[task] = segments_json(outputs, task, vocabulary, self.confidence_threshold)
+            segments[task] = segments_json(task, kept[task], vocabulary)
         return outputs, drawn, segments

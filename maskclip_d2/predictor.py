@@ -17,7 +17,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from PIL import Image
+from detectron2.data.detection_utils import read_image
+from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
@@ -47,14 +48,12 @@ def read_rgb_image(image) -> np.ndarray:
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.convert("RGB")
+        try:  # Detectron2's reader: applies the EXIF orientation (phone photos)
+            image = read_image(path, format="RGB")
         except Exception as err:  # PIL raises many kinds for damaged files
             raise ValueError(f"{path}: not a readable image ({err})") from err
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)

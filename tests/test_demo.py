@@ -146,3 +146,15 @@ def test_predictor_reuses_text_embeddings_across_calls():
     encoded.clear()
     predictor(image, vocabulary=vocabulary, task="semantic")
     assert encoded == []  # and the first one is still cached
+
+
+def test_photos_are_read_upright_from_their_exif_orientation(tmp_path):
+    from maskclip_d2.predictor import read_rgb_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": a phone held upright
+    path = str(tmp_path / "phone.jpg")
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path, exif=exif)
+    assert read_rgb_image(path).shape == (30, 20, 3)
+    with Image.open(path) as im:
+        assert read_rgb_image(im).shape == (30, 20, 3)
