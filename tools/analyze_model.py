@@ -23,9 +23,8 @@ import sys
 from collections import Counter
 from typing import Dict, List, Sequence
 
+import clip
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.modeling import build_model  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg, shapes_only  # noqa: E402
+from maskclip_d2.utils.flops import count_flops, sdpa_flop_jit  # noqa: E402,F401 (re-exported)
 from maskclip_d2.modeling.clip_baseline import CLIPBaselineEncoder  # noqa: E402
 from maskclip_d2.modeling.maskclip_encoder import MaskCLIPVisualEncoder  # noqa: E402
 
@@ -45,22 +45,6 @@ METHODS = ("baseline", "mask_tokens", "rma")
 METHOD_NAMES = {"baseline": "CLIP Baseline", "mask_tokens": "MaskCLIP w/o RMA", "rma": "MaskCLIP"}
 
 
-def sdpa_flop_jit(inputs: List, outputs: List) -> int:
-    """fvcore handle of ``aten::scaled_dot_product_attention``: Q K^T costs B*H*Lq*Lk*D
-    multiply-adds and A V B*H*Lq*Lk*Dv (2 * B * H * Lq * Lk * D when Dv = D); softmax and
-    masking are not counted, as fvcore counts no element-wise op."""
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    *batch, lq, d = q
-    lk, dv = k[-2], v[-1]
-    heads = 1
-    for size in batch:
-        heads *= size
-    return heads * lq * lk * (d + dv)
-
-
-EXTRA_HANDLES = {"aten::scaled_dot_product_attention": sdpa_flop_jit}
-
-
 class _Call(nn.Module):
     """A bound method as a module, for fvcore's tracer."""
 
@@ -70,16 +54,6 @@ class _Call(nn.Module):
 
     def forward(self, *args):
         return getattr(self.module, self.method)(*args)
-
-
-def count_flops(module: nn.Module, inputs: tuple) -> Dict[str, object]:
-    """{"flops": total, "skipped": Counter of operators fvcore did not count}."""
-    analysis = FlopCountAnalysis(module, inputs).set_op_handle(**EXTRA_HANDLES)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    with torch.no_grad():
-        total = analysis.total()
-    return {"flops": total, "skipped": Counter(analysis.unsupported_ops())}
 
 
 def parameter_counts(modules: Sequence[nn.Module]) -> Dict[str, int]:
@@ -142,10 +116,10 @@ def analyze(
             "params": parameter_counts([model.proposal_network]),
         }
     if "text" in stages:
-        tokens = torch.randint(1, 49000, (num_classes, model.text_encoder.context_length))
-        tokens[:, -1] = 49407  # an end-of-text token per prompt (its position does not matter)
+        # prompts of the full context length: the tower's cost does not depend on the words
+        tokens = clip.tokenize(["a"] * num_classes, context_length=model.text_encoder.context_length)
         shared["text"] = {
-            **count_flops(_TextTower(model.text_encoder), (tokens,)),
+            **count_flops(_Call(model.text_encoder, "encode_tokens"), (tokens,)),
             "params": parameter_counts([model.text_encoder]),
         }
 
@@ -173,21 +147,6 @@ def analyze(
         }
         results[method] = per_stage
     return results
-
-
-class _TextTower(nn.Module):
-    """CLIP's text transformer on token ids (what ``CLIPTextEncoder.encode_text`` runs)."""
-
-    def __init__(self, text_encoder):
-        super().__init__()
-        self.text = text_encoder
-
-    def forward(self, tokens):
-        t = self.text
-        x = t.token_embedding(tokens) + t.positional_embedding
-        x = t.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-        x = t.ln_final(x)
-        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ t.text_projection
 
 
 def _flops(n: float) -> str:

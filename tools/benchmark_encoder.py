@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))  # the dense referen
 
 from dense_reference import dense_reference_forward  # noqa: E402
 
+from maskclip_d2.utils.flops import count_flops  # noqa: E402
 from maskclip_d2.modeling import (  # noqa: E402
     CLIPBaselineEncoder,
     MaskCLIPVisualEncoder,
@@ -101,24 +102,8 @@ class _Path(nn.Module):
         return out
 
 
-def _sdpa_flops(inputs, outputs):
-    """fvcore handle for aten::scaled_dot_product_attention: q @ k^T and attn @ v."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k = get_shape(inputs[0]), get_shape(inputs[1])
-    batch = 1
-    for size in q[:-2]:
-        batch *= size
-    return 2 * batch * q[-2] * k[-2] * q[-1]
-
-
 def count_gflops(fn, owner, images, masks):
-    from fvcore.nn import FlopCountAnalysis
-
-    analysis = FlopCountAnalysis(_Path(fn, owner), (images, masks))
-    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return analysis.total() / 1e9
+    return count_flops(_Path(fn, owner), (images, masks))["flops"] / 1e9
 
 
 def peak_mb(fn, images, masks, device):

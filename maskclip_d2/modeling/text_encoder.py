@@ -192,15 +192,17 @@ class CLIPTextEncoder(nn.Module):
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
         ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
-        dtype = self.text_projection.dtype
         tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
-        tokens = tokens.to(self.text_projection.device)
+        return F.normalize(self.encode_tokens(tokens.to(self.text_projection.device)).float(), dim=-1)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, E) text embeddings (not normalised) of (T, context_length) token ids."""
+        dtype = self.text_projection.dtype
         x = self.token_embedding(tokens).to(dtype) + self.positional_embedding.to(dtype)
         x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # CLIP runs it as LND
         x = self.ln_final(x).to(dtype)
         # The end-of-text token has the largest id; its output is the text embedding.
-        x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
-        return F.normalize(x.float(), dim=-1)
+        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
 
     def _clear_cache(self, *args):
         self._cache.clear()  # the weights are about to change
