@@ -118,15 +118,18 @@ class CLIPTextEncoder(nn.Module):
                 f"that class or choose another no_object_name"
             )
         # Cached separately, so the vocabulary's embeddings serve with and without no-object.
-        text = self.encode_vocabulary(class_names)
+        text = self._embeddings(class_names)
         if no_object:
-            text = torch.cat([text, self.encode_vocabulary([self.no_object_name])])
+            text = torch.cat([text, self._embeddings((self.no_object_name,))])
         image = F.normalize(features.float(), dim=-1)
         return image @ text.to(image.device).T / self.temperature
 
     def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
         """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
-        names = check_vocabulary(class_names)
+        return self._embeddings(check_vocabulary(class_names))
+
+    def _embeddings(self, names: Tuple[str, ...]) -> torch.Tensor:
+        """``encode_vocabulary`` of names already checked."""
         device, dtype = self.text_projection.device, self.text_projection.dtype
         key = (names, self.prompt_templates, str(device), dtype)
         if key not in self._cache:
