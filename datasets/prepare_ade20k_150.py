@@ -93,10 +93,12 @@ def _instances(instance_png, instance_to_semantic):
     """[(semantic id - 1, bool mask)] of the things of one instance PNG."""
     ins = read_label_image(instance_png)
     classes, ids = ins[..., 0].astype(np.int64), ins[..., 1].astype(np.int64)
-    result = []
-    for cls, inst in sorted(set(zip(classes[ids > 0].tolist(), ids[ids > 0].tolist()))):
-        result.append((instance_to_semantic[cls], (classes == cls) & (ids == inst)))
-    return result
+    # one code per (class, instance) pair present; np.unique sorts them as the pairs would
+    codes = np.unique(classes[ids > 0] * 256 + ids[ids > 0])
+    return [
+        (instance_to_semantic[cls], (classes == cls) & (ids == inst))
+        for cls, inst in zip((codes // 256).tolist(), (codes % 256).tolist())
+    ]
 
 
 def _panoptic(sem, things, isthing):

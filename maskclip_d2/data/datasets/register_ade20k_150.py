@@ -26,6 +26,7 @@ from .utils import (
     read_categories,
     register_dataset,
     require_prepared,
+    things_metadata,
     vocabulary_metadata,
 )
 
@@ -84,12 +85,7 @@ def register_all_ade20k_150(root=None):
     if categories is not None:
         panoptic_meta.update(vocabulary_metadata(categories, panoptic=True))
         semantic_meta.update(vocabulary_metadata(categories, panoptic=False))
-        things = [c for c in categories if c["isthing"]]
-        instance_meta.update(
-            thing_classes=[c["name"] for c in things],
-            thing_colors=[list(c["color"]) for c in things],
-            thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(things)},
-        )
+        instance_meta.update(things_metadata([c for c in categories if c["isthing"]]))
     register_dataset("ade20k_panoptic_val", load_panoptic, panoptic_meta)
     register_dataset("ade20k_sem_seg_val", load_semantic, semantic_meta)
     register_dataset("ade20k_instance_val", load_instance, instance_meta)

@@ -21,7 +21,13 @@ import os
 
 from detectron2.data.datasets import load_coco_json
 
-from .utils import get_datasets_root, read_categories, register_dataset, require_prepared
+from .utils import (
+    get_datasets_root,
+    read_categories,
+    register_dataset,
+    require_prepared,
+    things_metadata,
+)
 
 PREPARE_COMMAND = "python datasets/prepare_coco_ovd.py"
 VOCABULARY_FILE = "coco/maskclip_categories_coco_ovd.json"
@@ -70,12 +76,8 @@ def register_all_coco_ovd(root=None):
                     "evaluator_type": "coco_ovd"}
         if categories is not None:
             cats = sorted((c for c in categories if c["split"] in groups), key=lambda c: c["id"])
-            metadata.update(
-                thing_classes=[c["name"] for c in cats],
-                thing_colors=[list(c["color"]) for c in cats],
-                thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
-                ovd_groups={g: [c["id"] for c in cats if c["split"] == g] for g in groups},
-            )
+            metadata.update(things_metadata(cats))
+            metadata["ovd_groups"] = {g: [c["id"] for c in cats if c["split"] == g] for g in groups}
         register_dataset(name, load, metadata)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "read_categories",
     "write_json_atomic",
     "deterministic_colors",
+    "things_metadata",
     "vocabulary_metadata",
 ]
 
@@ -87,6 +88,16 @@ def deterministic_colors(num_colors, seed=0):
     """``num_colors`` RGB colours ([r, g, b] lists of ints), the same on every run."""
     rng = np.random.RandomState(seed)
     return rng.randint(0, 256, size=(num_colors, 3)).tolist()
+
+
+def things_metadata(categories):
+    """Metadata of an instance dataset whose classes are ``categories`` (all things), in
+    contiguous-id order: names, colours and the dataset-id -> contiguous-id map."""
+    return {
+        "thing_classes": [c["name"] for c in categories],
+        "thing_colors": [list(c["color"]) for c in categories],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
 
 
 def vocabulary_metadata(categories, *, panoptic):
