@@ -9,6 +9,7 @@ Only Detectron2's ``build_*`` hooks are overridden; everything else is ``Default
 """
 import copy
 import logging
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -19,7 +20,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from maskclip_d2.checkpoint import StrictCheckpointer
+from maskclip_d2.checkpoint import StrictCheckpointer, TrainingCheckpointer
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
@@ -41,6 +42,18 @@ def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        """DefaultTrainer whose checkpointer loads strictly (``TrainingCheckpointer``): a
+        MODEL.WEIGHTS or resumed file that does not match the model is an error, except an
+        ImageNet backbone file and class heads of another class count (logged)."""
+        super().__init__(cfg)
+        default = self.checkpointer
+        self.checkpointer = TrainingCheckpointer(
+            default.model, default.save_dir, trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is default:
+                hook.checkpointer = self.checkpointer
+
     @classmethod
     def build_train_loader(cls, cfg):
         """INPUT.DATASET_MAPPER_NAME: "coco_panoptic_lsj" (every panoptic segment with its

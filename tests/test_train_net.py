@@ -270,3 +270,17 @@ def test_gt_proposals_need_a_panoptic_test_dataset(scenes, tmp_path):
     MetadataCatalog.get("maskclip_test_semantic_only").set(evaluator_type="sem_seg")
     with pytest.raises(ValueError, match="panoptic"):
         train_net.Trainer.build_test_loader(cfg, "maskclip_test_semantic_only")
+
+
+# ---- training loads checkpoints as strictly as evaluation ------------------------------------
+def test_training_refuses_a_checkpoint_that_does_not_match_the_model(scenes, tmp_path):
+    from maskclip_d2.checkpoint import CheckpointMismatchError
+
+    out = tmp_path / "out"
+    cfg = train_net.get_maskclip_cfg(TINY, opts(out))
+    model = train_net.Trainer.build_model(cfg)
+    state = {k: v for k, v in model.state_dict().items() if "rma" not in k}  # RMA weights lost
+    torch.save({"model": state}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointMismatchError, match="missing from the checkpoint: .*rma"):
+        run_main(*opts(out, **{"SOLVER.MAX_ITER": 1, "MODEL.WEIGHTS": tmp_path / "other.pth"}))
+    assert not (out / "model_final.pth").exists()

@@ -17,6 +17,7 @@
   (default ``"other"``, as in the authors' code). It adds no weights, so training leaves
   CLIP's image-text space alone and the score exists for any vocabulary.
 """
+import logging
 from typing import Dict, List, Sequence, Tuple
 
 import clip
@@ -26,6 +27,8 @@ from clip.model import CLIP
 from torch import nn
 
 from detectron2.config import configurable
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPTextEncoder", "check_vocabulary"]
 
@@ -195,7 +198,11 @@ class CLIPTextEncoder(nn.Module):
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
         ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
-        tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
+        try:
+            tokens = clip.tokenize(texts, context_length=self.context_length)
+        except RuntimeError:  # some prompt is too long: cut, as CLIP does, and say so
+            _warn_truncated(texts, self.context_length)
+            tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
         return F.normalize(self.encode_tokens(tokens.to(self.text_projection.device)).float(), dim=-1)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -247,3 +254,19 @@ def _sum_by(x: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:
 def _synonyms(name: str) -> List[str]:
     """"cat, kitty" -> ["cat", "kitty"]."""
     return [s.strip() for s in name.split(",")]
+
+
+def _warn_truncated(texts: Sequence[str], context_length: int) -> None:
+    """Log the prompts that CLIP's context of ``context_length`` tokens cuts short."""
+    too_long = []
+    for text in texts:
+        try:
+            clip.tokenize([text], context_length=context_length)
+        except RuntimeError:
+            too_long.append(text)
+    if too_long:
+        logger.warning(
+            f"{len(too_long)} prompt(s) exceed CLIP's context of {context_length} tokens and are "
+            f"cut to fit, so their end is not read: {too_long}. Shorten these class names (or "
+            "split them into synonyms, 'a, b')."
+        )

@@ -178,3 +178,19 @@ def test_set_class_embeddings_checks_shapes_and_values(clip_model):
         encoder.set_class_embeddings(["cat"], torch.zeros(1, 32))
     with pytest.raises(ValueError, match="more than once"):
         encoder.set_class_embeddings(["cat", "cat"], torch.randn(2, 32))
+
+
+def test_names_longer_than_clips_context_are_cut_with_a_warning(clip_model, caplog):
+    encoder = CLIPTextEncoder(clip_model)
+    long_name = " ".join(["very"] * 80) + " large dog"
+    short = ["cat", "sky"]
+    with caplog.at_level("WARNING", logger="maskclip_d2.modeling.text_encoder"):
+        encoder.encode_vocabulary(short)
+        assert not caplog.records  # names that fit say nothing
+        text = encoder.encode_vocabulary(short + [long_name])
+    (record,) = caplog.records
+    assert "exceed CLIP's context of 77 tokens" in record.getMessage()
+    assert long_name in record.getMessage()
+    # Encoded as CLIP cuts it: the first 75 tokens between start and end of text.
+    cut = clip.tokenize([long_name], truncate=True)
+    assert torch.allclose(text[2], F.normalize(clip_model.encode_text(cut), dim=-1)[0], atol=1e-5)
