@@ -9,6 +9,7 @@ Only Detectron2's ``build_*`` hooks are overridden; everything else is ``Default
 """
 import copy
 import logging
+import os
 import weakref
 from collections import OrderedDict
 
@@ -134,11 +135,28 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def cpu_threads_per_process(cfg, processes_per_machine, environ=os.environ):
+    """On the CPU, the machine's cores shared among its training processes: each process
+    gets cores // processes torch threads (N processes x all cores each ran 2x slower than
+    one thread each). Left alone when OMP_NUM_THREADS is set, on a GPU, or with one process.
+    Returns the thread count set, or None."""
+    if "OMP_NUM_THREADS" in environ or cfg.MODEL.DEVICE != "cpu" or processes_per_machine < 2:
+        return None
+    threads = max(1, (os.cpu_count() or 1) // processes_per_machine)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def setup(args):
     cfg = get_maskclip_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskclip_d2")
+    threads = cpu_threads_per_process(cfg, args.num_gpus)
+    if threads is not None:
+        logging.getLogger("maskclip_d2").info(
+            f"{args.num_gpus} CPU processes on this machine: {threads} torch thread(s) each "
+            "(set OMP_NUM_THREADS to choose)")
     return cfg
 
 

@@ -1,12 +1,15 @@
 """Config keys of maskclip-d2. Defaults are the paper's (ViT-L/14@336px, RMA at every L/4-th
 layer, 100 proposals, 2 CE + 5 dice + 5 BCE, AdamW at 1e-4)."""
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .modeling.clip_baseline import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 from .modeling.mask2former_config import add_mask2former_config
 
-__all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only"]
+__all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only", "choose_device"]
 
 
 def add_maskclip_config(cfg):
@@ -99,6 +102,7 @@ def get_maskclip_cfg(config_file=None, opts=()):
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    choose_device(cfg, config_file, opts)
     return cfg
 
 
@@ -113,3 +117,22 @@ def shapes_only(cfg):
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
     cfg.MODEL.MASKCLIP.VOCABULARY = list(cfg.MODEL.MASKCLIP.VOCABULARY) or ["object"]
     return cfg
+
+
+def choose_device(cfg, config_file=None, opts=()):
+    """MODEL.DEVICE as the user set it (in ``config_file``, its ``_BASE_`` files or ``opts``);
+    otherwise "cuda" when a GPU is usable and "cpu" when not, said in one log line (Detectron2's
+    default "cuda" fails on a machine without a GPU). Returns the device."""
+    opts = [str(o) for o in opts]
+    user_set = "MODEL.DEVICE" in opts[::2]
+    if config_file and not user_set:
+        loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+        user_set = "DEVICE" in (loaded.get("MODEL") or {})
+    if not user_set:
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        log = logging.getLogger(__name__)
+        if cfg.MODEL.DEVICE == "cpu":
+            log.warning("MODEL.DEVICE not set and no GPU is usable: running on the CPU")
+        else:
+            log.info("MODEL.DEVICE not set: running on the GPU (cuda)")
+    return cfg.MODEL.DEVICE
