@@ -55,6 +55,19 @@ class Trainer(DefaultTrainer):
             if getattr(hook, "checkpointer", None) is default:
                 hook.checkpointer = self.checkpointer
 
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, then a check that every process starts at the same iteration:
+        with several machines, each reads OUTPUT_DIR's last_checkpoint, so OUTPUT_DIR must be
+        storage all machines share."""
+        super().resume_or_load(resume=resume)
+        starts = comm.all_gather(self.start_iter)
+        if len(set(starts)) > 1:
+            raise RuntimeError(
+                f"the training processes would start at different iterations {starts} (rank "
+                f"order): some found no checkpoint in OUTPUT_DIR {self.cfg.OUTPUT_DIR}. With "
+                "several machines, OUTPUT_DIR must be on storage they all share."
+            )
+
     @classmethod
     def build_train_loader(cls, cfg):
         """INPUT.DATASET_MAPPER_NAME: "coco_panoptic_lsj" (every panoptic segment with its
