@@ -295,6 +295,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.timeout(900)
 def test_two_machines_train_and_resume(tmp_path):
     """`train_net.py --num-machines 2 --machine-rank {0,1} --dist-url tcp://127.0.0.1:PORT`,
     as one would start it on two hosts (here both on this one, GLOO), sharing OUTPUT_DIR:
@@ -314,7 +315,13 @@ def test_two_machines_train_and_resume(tmp_path):
              *opts(outs[rank], **{"SOLVER.MAX_ITER": max_iter, "SOLVER.CHECKPOINT_PERIOD": 1})],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for rank in (0, 1)]
-        return [(p.communicate(timeout=240)[0], p.returncode) for p in procs]
+        try:
+            return [(p.communicate(timeout=400)[0], p.returncode) for p in procs]
+        finally:  # a hang must not outlive the test
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
 
     for log, rc in on_both_machines(2):
         assert rc == 0, log[-4000:]
