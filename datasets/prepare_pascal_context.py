@@ -52,10 +52,9 @@ def read_labels(path):
 
 def check_labels(path):
     """labels.txt must name the shipped 459 classes (labels.txt id = shipped id + 1)."""
-    official = {i - 1: PASCAL_CONTEXT_READABLE.get(name, name)
-                for i, name in read_labels(path).items()}
+    official = {i: PASCAL_CONTEXT_READABLE.get(name, name) for i, name in read_labels(path).items()}
     check_class_names(path, "pascal_context_459", official,
-                      {c["id"]: c["name"] for c in get_vocabulary("pascal_context_459")})
+                      {c["id"] + 1: c["name"] for c in get_vocabulary("pascal_context_459")})
 
 
 def _convert(mat_file, lut459, lut59, out59, out459):

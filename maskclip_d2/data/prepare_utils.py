@@ -69,8 +69,10 @@ def check_class_names(path, vocabulary, official, shipped, same=None, complete=T
     Args:
         path (str): the official file the names come from (named in the message).
         vocabulary (str): the shipped preset (``maskclip_d2.data.vocabularies``).
-        official (dict): id -> the name in ``path``.
-        shipped (dict): id -> the shipped name, for every id the prepared data uses.
+        official (dict): id -> the name in ``path``, with ids as ``path`` writes them
+            (they are what the message shows).
+        shipped (dict): the same id -> the shipped name, for every class the prepared data
+            uses.
         same (callable): ``same(official_name, shipped_name)``; default: equal strings.
         complete (bool): whether ``official`` must hold no id beyond ``shipped``'s.
     """
@@ -88,7 +90,7 @@ def check_class_names(path, vocabulary, official, shipped, same=None, complete=T
     )
     raise ValueError(
         f"{path} does not hold the classes of the shipped vocabulary '{vocabulary}' "
-        f"({len(wrong)} mismatching ids; {shown}). The class names and ids ship with maskclip-d2 "
+        f"({len(wrong)} mismatching id{'s' if len(wrong) > 1 else ''}; {shown}). The class names and ids ship with maskclip-d2 "
         f"(maskclip_d2/data/vocabularies) and the prepared labels must use the same ids: "
         "replace this file with the one of the official release that datasets/README.md "
         "names (an edited or other-version file gives wrong labels), then run the script again."
