@@ -300,7 +300,8 @@ def ade_full_class_maps():
     on top, floor below, sky on the right."""
     train = np.full((H, W), ADE_FULL_WALL)
     val1 = np.zeros((H, W), dtype=np.int64)
-    val1[:, :8], val1[:, 8:16], val1[:, 16:24] = ADE_FULL_WALL, ADE_FULL_BUILDING, ADE_FULL_NOT_SHIPPED
+    val1[:, :8], val1[:, 8:16] = ADE_FULL_WALL, ADE_FULL_BUILDING
+    val1[:, 16:24] = ADE_FULL_NOT_SHIPPED
     val2 = np.zeros((H, W), dtype=np.int64)
     val2[:12] = ADE_FULL_SKY
     big = np.full(ADE_FULL_BIG, ADE_FULL_WALL)

@@ -90,8 +90,9 @@ def check_class_names(path, vocabulary, official, shipped, same=None, complete=T
     )
     raise ValueError(
         f"{path} does not hold the classes of the shipped vocabulary '{vocabulary}' "
-        f"({len(wrong)} mismatching id{'s' if len(wrong) > 1 else ''}; {shown}). The class names and ids ship with maskclip-d2 "
-        f"(maskclip_d2/data/vocabularies) and the prepared labels must use the same ids: "
+        f"({len(wrong)} mismatching id{'s' if len(wrong) > 1 else ''}; {shown}). The class "
+        "names and ids ship with maskclip-d2 "
+        "(maskclip_d2/data/vocabularies) and the prepared labels must use the same ids: "
         "replace this file with the one of the official release that datasets/README.md "
         "names (an edited or other-version file gives wrong labels), then run the script again."
     )
