@@ -6,8 +6,9 @@
         --vocab "toy rabbit, real rabbit; sky; grass" --task panoptic \
         --opts MODEL.WEIGHTS model_final.pth
 
-Semicolons separate classes, commas separate synonyms of one class; ``--stuff "sky; grass"``
-marks stuff classes (one region each in panoptic output; the others are things). For every
+Semicolons separate classes, commas separate synonyms of one class; ``--vocab ade20k_150``
+takes a benchmark's vocabulary (``maskclip_d2.data.vocabularies``) with its thing / stuff
+flags. ``--stuff "sky; grass"`` marks stuff classes (one region each in panoptic output; the others are things). For every
 image the demo writes a PNG drawn by Detectron2's Visualizer and a JSON of the segments, at
 the image's path relative to the inputs' common folder (``a/photo.jpg`` -> ``OUT/a/photo.png``);
 inputs that would share a result name keep their extension in it (``photo_jpg.png``). No
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # demo/predictor
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
+from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
 from maskclip_d2.predictor import (  # noqa: E402
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
@@ -47,7 +49,10 @@ def get_parser():
     parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--output", default="output/demo", help="output folder (or file, for one image)")
     vocab = parser.add_mutually_exclusive_group()
-    vocab.add_argument("--vocab", help='classes: "toy rabbit, real rabbit; sky; grass"')
+    vocab.add_argument(
+        "--vocab", help='classes: "toy rabbit, real rabbit; sky; grass", or a preset with its '
+        f"thing / stuff flags: {', '.join(VOCABULARY_PRESETS)}",
+    )
     vocab.add_argument("--vocab-file", help="a file with one class per line (commas: synonyms)")
     parser.add_argument(
         "--stuff", help='stuff classes of the vocabulary, e.g. "sky; grass" (a class or one of '
@@ -92,9 +97,10 @@ def read_vocabulary(args):
         if args.stuff is not None:
             raise ValueError("--stuff names classes of --vocab / --vocab-file: give one of those")
         return None, None
+    names, preset_flags = resolve_vocabulary(names)  # a preset name brings its thing flags
     stuff = None if args.stuff is None else [s.strip() for s in args.stuff.split(";") if s.strip()]
     try:
-        return names, thing_flags(names, stuff=stuff)
+        return names, thing_flags(names, stuff=stuff, default=preset_flags)
     except ValueError as err:
         raise ValueError(f"--stuff: {err}") from None
 

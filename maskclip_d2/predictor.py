@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
+from .data.vocabularies import resolve_vocabulary
 from .modeling.text_encoder import check_vocabulary
 
 __all__ = [
@@ -232,11 +233,12 @@ class Predictor:
         is_thing: Optional[Sequence[bool]] = None,
         stuff: Optional[Sequence[str]] = None,
     ) -> None:
-        """Classify against ``vocabulary`` from now on; its thing / stuff flags are
-        ``is_thing``, or every class a thing except those named in ``stuff``. The flags
-        always follow this call: none given means all things."""
-        names = list(check_vocabulary(vocabulary))
-        flags = thing_flags(names, stuff=stuff, is_thing=is_thing)
+        """Classify against ``vocabulary`` (class names or a preset name) from now on; its
+        thing / stuff flags are ``is_thing``, or the preset's (else all things) with the
+        classes named in ``stuff`` made stuff. The flags always follow this call."""
+        names, preset_flags = resolve_vocabulary(vocabulary)
+        names = list(check_vocabulary(names))
+        flags = thing_flags(names, stuff=stuff, is_thing=is_thing, default=preset_flags)
         if names != self.model.vocabulary or flags != self.is_thing:
             self.model.set_vocabulary(names, flags)
 
@@ -253,12 +255,13 @@ class Predictor:
 
         Args:
             image: a path, a PIL image or an RGB array (see ``read_rgb_image``).
-            vocabulary: class names ("a, b" = synonyms); None keeps the current vocabulary
-                and its flags.
+            vocabulary: class names ("a, b" = synonyms), or a preset name ("ade20k_150",
+                "coco_panoptic", ...: see ``maskclip_d2.data.vocabularies``) that brings its
+                thing / stuff flags; None keeps the current vocabulary and its flags.
             task: "semantic", "panoptic", "instance", "all", a list of them, or None (all).
             is_thing: per class, thing (True) or stuff (False) for panoptic merging.
             stuff: or the names of the stuff classes (a class or one of its synonyms).
-                With a vocabulary and neither of these, every class is a thing; without a
+                With a list of names and neither of these, every class is a thing; without a
                 vocabulary, they re-flag the current one.
         Returns:
             Detectron2's outputs for the task(s), at the image's resolution.

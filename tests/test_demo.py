@@ -132,8 +132,9 @@ def test_predictor_reuses_text_embeddings_across_calls():
     image = skimage.data.chelsea()
     vocabulary = ["cat, kitty", "sofa", "wall"]
     first = predictor(image, vocabulary=vocabulary, task="semantic")
-    # One text forward per synonym, plus the no-object text, each exactly once.
-    assert sorted(encoded) == sorted(["cat", "kitty", "sofa", "wall", "other"])
+    # One text forward per class name (one prompt each, MODEL.MASKCLIP.SPLIT_SYNONYMS False),
+    # plus the no-object text, each exactly once.
+    assert sorted(encoded) == sorted(["cat, kitty", "sofa", "wall", "other"])
     assert first["sem_seg"].shape == (3, 300, 451)
 
     encoded.clear()
@@ -247,3 +248,22 @@ def test_stuff_that_is_not_in_the_vocabulary_is_refused_before_the_model_loads(t
     assert rc == 2
     assert "--stuff: stuff classes ['ocean'] are not in the vocabulary" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_vocabulary_brings_its_stuff_flags(tmp_path, monkeypatch):
+    from maskclip_d2.data.vocabularies import get_vocabulary
+
+    flags = []
+    call = Predictor.__call__
+    monkeypatch.setattr(Predictor, "__call__", lambda self, *a, **k: (
+        call(self, *a, **k), flags.append((self.vocabulary, self.is_thing)))[0])
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "out"),
+                    "--vocab", "ade20k_150", "--stuff", "person", "--task", "semantic"])
+    assert rc == 0
+    ade = get_vocabulary("ade20k_150")
+    (vocabulary, is_thing), = flags
+    assert vocabulary == [c["name"] for c in ade]
+    person = next(i for i, c in enumerate(ade) if c["name"] == "person")
+    assert ade[person]["isthing"] == 1 and not all(c["isthing"] for c in ade)  # --stuff: stuff
+    assert is_thing == [bool(c["isthing"]) and i != person for i, c in enumerate(ade)]

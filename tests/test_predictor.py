@@ -85,7 +85,7 @@ def predictor():
 class QuadrantProposals(torch.nn.Module):
     """Four crisp proposals, the quadrants of the image (logits +-10, objectness 1)."""
 
-    def forward(self, batched_inputs, size):
+    def forward(self, batched_inputs, size, padded_size=None):  # quadrants of the (padded) input
         logits = torch.full((len(batched_inputs), 4, size, size), -10.0)
         half = size // 2
         for q, (rows, cols) in enumerate([(slice(0, half), slice(0, half)), (slice(0, half), slice(half, None)),

@@ -62,20 +62,26 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path, write, m
 
 # ---- training: strict except the documented partial loads -------------------------------------
 class WithHead(nn.Module):
+    """A backbone and a Mask2Former-named class head (``sem_seg_head.predictor.class_embed``)."""
+
     def __init__(self, num_classes):
         super().__init__()
         self.backbone = nn.Linear(3, 4)
-        self.class_embed = nn.Linear(4, num_classes + 1)
+        self.sem_seg_head = nn.Module()
+        self.sem_seg_head.predictor = nn.Module()
+        self.sem_seg_head.predictor.class_embed = nn.Linear(4, num_classes + 1)
 
 
 def test_training_replaces_a_class_head_of_another_size_and_refuses_the_rest(tmp_path):
     source = WithHead(num_classes=80)
     torch.save({"model": source.state_dict()}, tmp_path / "coco.pth")
     target = WithHead(num_classes=1)
-    head = target.class_embed.weight.clone()
+    head = target.sem_seg_head.predictor.class_embed.weight.clone()
     TrainingCheckpointer(target).load(str(tmp_path / "coco.pth"))
     assert torch.equal(target.backbone.weight, source.backbone.weight)
-    assert torch.equal(target.class_embed.weight, head)  # kept its initialisation
+    assert torch.equal(target.sem_seg_head.predictor.class_embed.weight, head)  # re-initialised
+    with pytest.raises(CheckpointMismatchError, match="class head"):  # evaluation stays strict
+        StrictCheckpointer(WithHead(1)).load(str(tmp_path / "coco.pth"))
 
     torch.save({"model": {"backbone.weight": torch.zeros(4, 3)}}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointMismatchError, match="3 keys missing from the checkpoint: backbone.bias"):

@@ -3,8 +3,9 @@
 * Prompt templates (``"{}"`` is replaced by the name): the default ``["{}"]`` is the bare
   name, as the authors do; several templates form an ensemble, averaged like CLIP's (mean of
   the L2-normalised prompt embeddings, normalised again).
-* A class name may list synonyms, ``"name1, name2"``: each synonym gets its ensemble
-  embedding, and the class embedding is their normalised mean.
+* A class name is one prompt as it stands, ``"building, edifice"`` included (the authors',
+  ``split_synonyms=False``); with ``split_synonyms=True`` it lists synonyms, ``"name1, name2"``:
+  each synonym gets its ensemble embedding, and the class embedding is their normalised mean.
 * Embeddings are cached per (class names, templates) on this module, so a repeated
   vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
   dict is loaded into the module, and keyed by device and dtype too.
@@ -48,6 +49,7 @@ class CLIPTextEncoder(nn.Module):
         prompt_templates: Sequence[str] = ("{}",),
         temperature: float = 0.01,
         no_object_name: str = "other",
+        split_synonyms: bool = False,
         batch_size: int = 256,
     ):
         """
@@ -56,6 +58,8 @@ class CLIPTextEncoder(nn.Module):
             prompt_templates: templates with one "{}" each, e.g. ["a photo of a {}."].
             temperature: logits = cosine similarity / temperature.
             no_object_name: text of the no-object class appended with ``no_object=True``.
+            split_synonyms: False: each class name is one prompt (the authors'); True: "a, b"
+                are synonyms whose embeddings are averaged.
             batch_size: prompts per text-tower forward pass.
         """
         super().__init__()
@@ -74,6 +78,7 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError("no_object_name must be a non-empty text")
         self.temperature = temperature
         self.no_object_name = no_object_name
+        self.split_synonyms = split_synonyms
         self.batch_size = batch_size
         self.context_length = clip_model.context_length
 
@@ -96,6 +101,7 @@ class CLIPTextEncoder(nn.Module):
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
             "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
+            "split_synonyms": cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS,
         }
 
     def train(self, mode: bool = True):
@@ -134,7 +140,7 @@ class CLIPTextEncoder(nn.Module):
     def _embeddings(self, names: Tuple[str, ...]) -> torch.Tensor:
         """``encode_vocabulary`` of names already checked."""
         device, dtype = self.text_projection.device, self.text_projection.dtype
-        key = (names, self.prompt_templates, str(device), dtype)
+        key = (names, self.prompt_templates, self.split_synonyms, str(device), dtype)
         if key not in self._cache:
             self._cache[key] = self._encode_names(names)
         return self._cache[key]
@@ -181,7 +187,8 @@ class CLIPTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
-        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
+        split = _synonyms if self.split_synonyms else (lambda name: [name])
+        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in split(name)]
         prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
         embeddings = torch.cat(
             [self.encode_text(prompts[s:s + self.batch_size])
