@@ -132,8 +132,10 @@ def plan_outputs(args, inputs, tasks):
     """{input: ([PNG per task], JSON)}; ValueError if a result would replace an input."""
     single_file = args.output.lower().endswith(".png")
     plan = {}
-    if single_file:
-        plan[inputs[0]] = ([args.output] * len(tasks), os.path.splitext(args.output)[0] + ".json")
+    if single_file:  # one input; several tasks get one file each
+        base = os.path.splitext(args.output)[0]
+        pngs = [args.output] if len(tasks) == 1 else [f"{base}_{task}.png" for task in tasks]
+        plan[inputs[0]] = (pngs, base + ".json")
     else:
         for path, stem in zip(inputs, output_stems(inputs)):
             base = os.path.join(args.output, stem)

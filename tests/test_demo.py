@@ -267,3 +267,11 @@ def test_a_preset_vocabulary_brings_its_stuff_flags(tmp_path, monkeypatch):
     person = next(i for i, c in enumerate(ade) if c["name"] == "person")
     assert ade[person]["isthing"] == 1 and not all(c["isthing"] for c in ade)  # --stuff: stuff
     assert is_thing == [bool(c["isthing"]) and i != person for i, c in enumerate(ade)]
+
+
+def test_one_output_file_and_several_tasks_give_a_file_per_task(tmp_path):
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "res.png"),
+                    "--vocab", VOCAB, "--task", "semantic,panoptic"])
+    assert rc == 0
+    assert sorted(os.listdir(tmp_path)) == ["pic.png", "res.json", "res_panoptic.png", "res_semantic.png"]
