@@ -16,7 +16,7 @@ import os
 
 from detectron2.data.datasets import load_sem_seg
 
-from ..vocabularies import PASCAL_CONTEXT_59, get_vocabulary  # noqa: F401 (re-exported)
+from ..vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
     register_dataset,
