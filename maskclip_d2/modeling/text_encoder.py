@@ -194,8 +194,15 @@ class CLIPTextEncoder(nn.Module):
 
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
-        ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
-        tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
+        ``clip.tokenize(texts)``, normalised. A text longer than the context length is an
+        error, not silently truncated."""
+        try:
+            tokens = clip.tokenize(texts, context_length=self.context_length)
+        except RuntimeError as err:  # clip.tokenize: "Input ... is too long for context length"
+            raise ValueError(
+                f"{err}: this CLIP reads {self.context_length} tokens (start and end included); "
+                f"shorten the class name or prompt template"
+            ) from err
         return F.normalize(self.encode_tokens(tokens.to(self.text_projection.device)).float(), dim=-1)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -10,4 +10,5 @@ from . import (  # noqa: F401
     register_coco_panoptic,
     register_lvis,
     register_pascal_context,
+    register_synthetic_world,
 )

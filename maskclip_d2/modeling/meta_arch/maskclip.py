@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..clip_baseline import CLIPBaselineEncoder
-from ..clip_loader import build_clip_model
+from ..clip_loader import build_clip_model, clip_architecture_from_cfg
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
@@ -137,7 +137,8 @@ class MaskCLIP(nn.Module):
     def from_config(cls, cfg):
         mc = cfg.MODEL.MASKCLIP
         clip_model = build_clip_model(
-            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None
+            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None,
+            architecture=clip_architecture_from_cfg(cfg),
         )
         if mc.MODE == "baseline":
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
