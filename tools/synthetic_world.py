@@ -45,7 +45,7 @@ from maskclip_d2.utils import atomic_write  # noqa: E402
 SCALES = {
     # images, CLIP pre-training steps, stage-1 and stage-2 iterations (batch 8)
     "ci": {"num_train": 400, "num_val": 30, "clip_steps": 120, "stage1_iters": 300, "stage2_iters": 80},
-    "full": {"num_train": 3000, "num_val": 150, "clip_steps": 600, "stage1_iters": 2000, "stage2_iters": 500},
+    "full": {"num_train": 2000, "num_val": 100, "clip_steps": 400, "stage1_iters": 1500, "stage2_iters": 400},
 }
 MODES = {  # mode -> config; what MODEL.WEIGHTS it evaluates
     "baseline": "configs/synthetic/clip_baseline.yaml",
@@ -232,6 +232,24 @@ def collect(out: Path, jobs, scale_name: str, broken, world_seconds, started: fl
     return results
 
 
+def write_demo_inputs(out: Path, count: int = 6, upscale: int = 4):
+    """The first ``count`` validation scenes with a novel class, enlarged ``upscale`` times
+    (nearest neighbour) so that the demo's drawings are legible: OUTPUT/demo_inputs/*.png."""
+    from PIL import Image
+
+    world = out / "datasets" / "synthetic_world"
+    panoptic = read_json(world / "panoptic_val_all.json")
+    novel = {c["id"] for c in panoptic["categories"] if c["novel"]}
+    folder = out / "demo_inputs"
+    folder.mkdir(exist_ok=True)
+    chosen = [a for a in panoptic["annotations"] if {s["category_id"] for s in a["segments_info"]} & novel]
+    for annotation in chosen[:count]:
+        stem = Path(annotation["file_name"]).stem
+        image = Image.open(world / "images" / "val" / f"{stem}.jpg").convert("RGB")
+        image.resize((image.width * upscale, image.height * upscale), Image.NEAREST).save(
+            folder / f"val_{stem}.png")
+
+
 def format_table(results) -> str:
     lines = ["| mode | PQ all | PQ base | PQ novel | mIoU all | mIoU base | mIoU novel | AP all | AP base | AP novel |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -255,8 +273,8 @@ def main(argv=None):
     out = Path(args.output).resolve()
     if (out / "results.json").exists():
         raise SystemExit(f"{out / 'results.json'} exists: choose another --output (nothing is overwritten)")
-    if out.exists() and any(p.name != "datasets" for p in out.iterdir()):
-        raise SystemExit(f"{out} is not empty: choose a new or empty --output folder")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty (an interrupted run?): delete it or choose a new --output folder")
     scale = SCALES[args.scale]
     started = time.time()
     print(f"synthetic world, scale {args.scale} {scale}" + (f", BROKEN: {args.broken}" if args.broken else "")
@@ -274,6 +292,7 @@ def main(argv=None):
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]))
     jobs = run_jobs(build_jobs(out, scale, args.broken), args.jobs, env, started)
     results = collect(out, jobs, args.scale, args.broken, world_seconds, started)
+    write_demo_inputs(out)
     with atomic_write(str(out / "results.json")) as tmp, open(tmp, "w") as f:
         json.dump(results, f, indent=1)
     print(format_table(results))
