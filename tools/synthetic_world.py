@@ -45,7 +45,7 @@ from maskclip_d2.utils import atomic_write  # noqa: E402
 SCALES = {
     # images, CLIP pre-training steps, stage-1 and stage-2 iterations (batch 8)
     "ci": {"num_train": 400, "num_val": 30, "clip_steps": 120, "stage1_iters": 300, "stage2_iters": 80},
-    "full": {"num_train": 2000, "num_val": 100, "clip_steps": 400, "stage1_iters": 1500, "stage2_iters": 400},
+    "full": {"num_train": 1200, "num_val": 100, "clip_steps": 240, "stage1_iters": 900, "stage2_iters": 250},
 }
 MODES = {  # mode -> config; what MODEL.WEIGHTS it evaluates
     "baseline": "configs/synthetic/clip_baseline.yaml",

@@ -68,9 +68,11 @@ def test_stage1_recall_is_well_above_an_untrained_networks(study):
 def test_ground_truth_masks_are_classified_well_above_chance_novel_classes_too(study):
     _, results = study
     gt = results["modes"]["gt_masks"]
-    # 14 classes: a random guess names 1 segment in 14. Measured at ci scale: novel-class
-    # things AP 80, PQ (all classes) 55.
-    assert gt["novel"]["AP"] >= 40, gt
+    # PQ counts a ground-truth mask only when its top class is right (and confident), so it
+    # measures classification: 14 classes, a random guess names 1 segment in 14. Measured at
+    # ci scale: PQ novel 22, all 55; with a random CLIP 0.0 and 2.8. (Not AP: with
+    # ground-truth masks every class is ranked on every mask, and a random CLIP gets AP 36.)
+    assert gt["novel"]["PQ"] >= 10, gt
     assert gt["all"]["PQ"] >= 30, gt
 
 
