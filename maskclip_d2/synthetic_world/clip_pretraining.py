@@ -73,24 +73,13 @@ def _batch(rng: np.random.RandomState, batch_size: int, size: int, shuffle_capti
         if CONCEPTS[concept].isthing:
             background = int(rng.choice(stuff))
         image_rng = np.random.RandomState(rng.randint(2 ** 31))
-        images.append(_render(concept, background, image_rng, size))
+        images.append(render_concept_image(concept, image_rng, size, None if background < 0 else background))
         named = int(rng.randint(len(CONCEPTS))) if shuffle_captions else concept
         named_background = background
         if shuffle_captions and background >= 0:
             named_background = int(rng.choice(stuff))
         captions.append(captions_for(named, named_background, rng))
     return _normalise(np.stack(images)), captions
-
-
-def _render(concept: int, background: int, rng: np.random.RandomState, size: int) -> np.ndarray:
-    from .world import _blob, _paint_texture, _paint_thing
-
-    if background < 0:
-        return render_concept_image(concept, rng, size)
-    image = _paint_texture(CONCEPTS[background], rng, size)
-    blob = _blob(rng, size, (0.2 * size, 0.4 * size))
-    image[blob] = _paint_thing(CONCEPTS[concept], rng, size)[blob]
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def contrastive_loss(model, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:

@@ -187,14 +187,17 @@ def render_scene(rng: np.random.RandomState, size: int = 64, min_thing_area: int
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), segment_map, classes
 
 
-def render_concept_image(concept_index: int, rng: np.random.RandomState, size: int = 64):
-    """An image that shows one concept: a large thing on a random stuff texture, or a stuff
-    texture filling the frame (CLIP pre-training images for the caption ``CONCEPTS[i].name``)."""
+def render_concept_image(concept_index: int, rng: np.random.RandomState, size: int = 64,
+                         background: Optional[int] = None):
+    """An image that shows one concept: a large thing on the stuff texture ``background`` (a
+    random one if None), or a stuff texture filling the frame (CLIP pre-training images for
+    the caption ``CONCEPTS[i].name``)."""
     concept = CONCEPTS[concept_index]
     if not concept.isthing:
         return np.clip(np.rint(_paint_texture(concept, rng, size)), 0, 255).astype(np.uint8)
-    stuff = [i for i, c in enumerate(CONCEPTS) if not c.isthing]
-    image = _paint_texture(CONCEPTS[rng.choice(stuff)], rng, size)
+    if background is None:
+        background = rng.choice([i for i, c in enumerate(CONCEPTS) if not c.isthing])
+    image = _paint_texture(CONCEPTS[background], rng, size)
     blob = _blob(rng, size, (0.2 * size, 0.4 * size))
     image[blob] = _paint_thing(concept, rng, size)[blob]
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
