@@ -115,3 +115,15 @@ def test_stage2_training_changes_the_rma_outputs(study):
     assert refined[False].abs().max() == 0
     assert refined[True].abs().max() > 0.5
     assert not torch.allclose(features[True], features[False], atol=1e-3)
+
+
+def test_study_refuses_to_write_into_a_used_folder(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_world_tool", REPO / "tools/synthetic_world.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty"):
+        tool.main(["--scale", "ci", "--output", str(tmp_path)])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
