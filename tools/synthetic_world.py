@@ -219,7 +219,7 @@ def collect(out: Path, jobs, scale_name: str, broken, world_seconds, started: fl
             if "total_loss" in record:
                 losses.append([record["iteration"], record["total_loss"]])
     results["stage2_total_loss"] = losses
-    seconds = {"world": {"wall": world_seconds, "cpu": world_seconds}}
+    seconds = {"world": {"wall": world_seconds[0], "cpu": world_seconds[1]}}
     seconds.update({j.name: {"wall": round(j.wall, 1), "cpu": round(j.cpu, 1)} for j in jobs})
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -276,14 +276,14 @@ def main(argv=None):
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty (an interrupted run?): delete it or choose a new --output folder")
     scale = SCALES[args.scale]
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     print(f"synthetic world, scale {args.scale} {scale}" + (f", BROKEN: {args.broken}" if args.broken else "")
           + f" -> {out}", flush=True)
     write_world(str(out / "datasets"), scale["num_train"], scale["num_val"], seed=args.seed,
                 shuffle_train_labels=args.broken == "shuffle_labels",
                 vocabulary_offset=1 if args.broken == "vocab_offset" else 0)
-    world_seconds = round(time.time() - started, 1)
-    print(f"[{world_seconds:6.0f}s] wrote the world: {scale['num_train']} train, {scale['num_val']} val scenes",
+    world_seconds = (round(time.time() - started, 1), round(time.process_time() - started_cpu, 1))
+    print(f"[{world_seconds[0]:6.0f}s] wrote the world: {scale['num_train']} train, {scale['num_val']} val scenes",
           flush=True)
 
     env = dict(os.environ)
