@@ -8,6 +8,7 @@
 Only Detectron2's ``build_*`` hooks are overridden; everything else is ``DefaultTrainer``.
 """
 import copy
+import json
 import logging
 import os
 import weakref
@@ -25,6 +26,7 @@ from maskclip_d2.checkpoint import StrictCheckpointer, TrainingCheckpointer
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
+from maskclip_d2.utils import atomic_write
 
 
 def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
@@ -142,9 +144,11 @@ class Trainer(DefaultTrainer):
             one.defrost()
             one.DATASETS.TEST = (name,)
             evaluator = None if evaluators is None else [evaluators[i]]
-            results.update(super().test(one, model, evaluator))
+            results[name] = super().test(one, model, evaluator)
         if training_vocabulary is not None:
             core.set_vocabulary(*training_vocabulary)
+        if len(results) == 1:  # as DefaultTrainer.test: one dataset's results unwrapped
+            results = list(results.values())[0]
         return results
 
 
@@ -184,6 +188,10 @@ def main(args):
         )
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
+        if comm.is_main_process():
+            # the numbers the log prints, for scripts (tools/synthetic_world.py reads them)
+            with atomic_write(os.path.join(cfg.OUTPUT_DIR, "eval_results.json")) as tmp, open(tmp, "w") as f:
+                json.dump(results, f, indent=1, default=float)
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

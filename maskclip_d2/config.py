@@ -26,6 +26,14 @@ def add_maskclip_config(cfg):
     # "" = the official file for NAME (looked up in CACHE_DIR, downloaded if allowed);
     # a path = that file (TorchScript .pt or plain state dict); "random" = random init (demo/tests).
     cfg.MODEL.CLIP.WEIGHTS = ""
+    # NAME "custom": a CLIP of your own (e.g. the synthetic world's), its architecture stated
+    # here, as clip.model.CLIP's arguments: nothing is guessed from the weights (a state dict
+    # has no head counts). VISION_HEADS must be VISION_WIDTH // 64 (clip.model.CLIP's rule).
+    cfg.MODEL.CLIP.ARCHITECTURE = CN()
+    for key in ("EMBED_DIM", "IMAGE_RESOLUTION", "VISION_LAYERS", "VISION_WIDTH", "VISION_HEADS",
+                "VISION_PATCH_SIZE", "CONTEXT_LENGTH", "VOCAB_SIZE", "TRANSFORMER_WIDTH",
+                "TRANSFORMER_HEADS", "TRANSFORMER_LAYERS"):
+        cfg.MODEL.CLIP.ARCHITECTURE[key] = 0
     # "" = $MASKCLIP_CLIP_CACHE or ~/.cache/clip.
     cfg.MODEL.CLIP.CACHE_DIR = ""
     # CLIP's RGB normalisation, in 0-255 units.

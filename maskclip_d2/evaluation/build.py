@@ -13,6 +13,7 @@ from detectron2.evaluation import (
 
 from .coco_ovd_evaluation import COCOOpenVocabularyEvaluator
 from .panoptic_things_evaluation import PanopticThingsCOCOEvaluator
+from .proposal_recall_evaluation import ProposalRecallEvaluator
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
@@ -20,6 +21,9 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 
     ``evaluator_type`` in the dataset's metadata picks it:
 
+    * a class-agnostic proposal network (``MODEL.META_ARCHITECTURE``
+      "ClassAgnosticMask2Former", stage 1) on a ``coco_panoptic_seg`` dataset:
+      :class:`ProposalRecallEvaluator` (mask recall@0.5 of the panoptic segments);
     * ``coco_panoptic_seg``: :class:`COCOPanopticEvaluator` (PQ, SQ, RQ; all / things / stuff),
       with, as Mask2Former evaluates a panoptic dataset on all three tasks,
       :class:`SemSegEvaluator` (mIoU) when the metadata has a ``sem_seg_root`` and
@@ -44,6 +48,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    if evaluator_type == "coco_panoptic_seg" and cfg.MODEL.META_ARCHITECTURE == "ClassAgnosticMask2Former":
+        return ProposalRecallEvaluator(dataset_name)
     if evaluator_type == "coco_panoptic_seg":
         return _panoptic_dataset_evaluators(cfg, dataset_name, output_folder)
     if evaluator_type == "sem_seg":

@@ -23,7 +23,10 @@ import clip
 import torch
 from clip.model import CLIP, VisionTransformer
 
-__all__ = ["CLIPArchitecture", "CLIP_ARCHITECTURES", "build_clip_model", "load_clip"]
+__all__ = [
+    "CLIPArchitecture", "CLIP_ARCHITECTURES", "CUSTOM", "build_clip_model", "clip_architecture_from_cfg",
+    "load_clip",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,30 @@ class CLIPArchitecture:
     def build(self) -> CLIP:
         """A ``clip.model.CLIP`` of this architecture with CLIP's own random initialisation."""
         return CLIP(**dataclasses.asdict(self))
+
+    def check(self) -> "CLIPArchitecture":
+        """Raises ValueError when ``clip.model.CLIP`` cannot build this architecture as stated;
+        returns it."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"CLIP architecture: {field.name} must be a positive integer, got {value!r}")
+        if self.vision_width % 64:
+            raise ValueError(
+                f"CLIP architecture: vision_width {self.vision_width} is not a multiple of 64; "
+                f"clip.model.CLIP gives the vision tower vision_width // 64 heads of width 64"
+            )
+        if self.transformer_width % self.transformer_heads:
+            raise ValueError(
+                f"CLIP architecture: transformer_width {self.transformer_width} is not divisible "
+                f"by transformer_heads {self.transformer_heads}"
+            )
+        if self.image_resolution % self.vision_patch_size:
+            raise ValueError(
+                f"CLIP architecture: image_resolution {self.image_resolution} is not a multiple "
+                f"of vision_patch_size {self.vision_patch_size}"
+            )
+        return self
 
     @classmethod
     def from_model(cls, model: CLIP) -> "CLIPArchitecture":
@@ -115,6 +142,38 @@ CLIP_ARCHITECTURES: Dict[str, CLIPArchitecture] = {
 }
 
 
+# MODEL.CLIP.NAME of a CLIP whose architecture the config states in MODEL.CLIP.ARCHITECTURE.
+CUSTOM = "custom"
+
+
+def clip_architecture_from_cfg(cfg) -> Optional[CLIPArchitecture]:
+    """The architecture stated in ``MODEL.CLIP.ARCHITECTURE`` when ``MODEL.CLIP.NAME`` is
+    "custom" (checked: ValueError naming the key that is wrong), else None (the named
+    architecture is used).
+
+    A state dict holds every weight shape but not the head counts, which
+    ``clip.model.build_model`` would guess as width // 64; so a custom CLIP states them:
+    ``TRANSFORMER_HEADS`` for the text tower and ``VISION_HEADS``, which must equal
+    ``VISION_WIDTH // 64`` because ``clip.model.CLIP`` fixes it so.
+    """
+    if cfg.MODEL.CLIP.NAME != CUSTOM:
+        return None
+    arch = cfg.MODEL.CLIP.ARCHITECTURE
+    fields = [f.name for f in dataclasses.fields(CLIPArchitecture)]
+    architecture = CLIPArchitecture(**{f: arch[f.upper()] for f in fields})
+    try:
+        architecture.check()
+    except ValueError as err:
+        raise ValueError(f"MODEL.CLIP.NAME is 'custom': MODEL.CLIP.ARCHITECTURE is invalid: {err}") from err
+    if arch.VISION_HEADS != architecture.vision_width // 64:
+        raise ValueError(
+            f"MODEL.CLIP.ARCHITECTURE.VISION_HEADS is {arch.VISION_HEADS}, but clip.model.CLIP "
+            f"gives a {architecture.vision_width}-wide vision tower "
+            f"{architecture.vision_width // 64} heads (width // 64): set VISION_HEADS to that"
+        )
+    return architecture
+
+
 def official_file_name(name: str) -> str:
     """The file OpenAI publishes for ``name``, e.g. "ViT-L/14@336px" -> "ViT-L-14-336px.pt"."""
     return os.path.basename(clip.clip._MODELS[name])
@@ -126,11 +185,14 @@ def build_clip_model(
     cache_dir: Optional[str] = None,
     download: Optional[bool] = None,
     device: Union[str, torch.device] = "cpu",
+    architecture: Optional[CLIPArchitecture] = None,
 ) -> CLIP:
-    """Builds the CLIP called ``name`` (a key of ``CLIP_ARCHITECTURES``).
+    """Builds the CLIP called ``name`` (a key of ``CLIP_ARCHITECTURES``, or "custom").
 
     Args:
-        name: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" or "tiny".
+        name: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", "tiny", or "custom" with
+            ``architecture`` given (``clip_architecture_from_cfg``): the weights file is then
+            loaded strictly into that architecture, every shape checked, nothing guessed.
         weights: "" for OpenAI's released weights of ``name`` (see ``load_clip``), "random"
             for CLIP's random initialisation, otherwise the path of a checkpoint file.
         cache_dir, download: see ``load_clip``; only used when ``weights`` is "".
@@ -141,6 +203,8 @@ def build_clip_model(
         (N, 3, R, R), R = ``image_resolution``, to (N, embed_dim); ``encode_text`` maps tokens
         (M, context_length) from ``clip.tokenize`` to (M, embed_dim).
     """
+    if name == CUSTOM:
+        return _build_custom(architecture, weights).to(device)
     if name not in CLIP_ARCHITECTURES:
         raise ValueError(
             f"Unknown CLIP model {name!r}; known models: {', '.join(CLIP_ARCHITECTURES)}"
@@ -173,6 +237,32 @@ def build_clip_model(
             f"expected {architecture}, loaded {loaded}. Using the loaded architecture."
         )
     return model.float().eval().to(device)
+
+
+def _build_custom(architecture: Optional[CLIPArchitecture], weights: str) -> CLIP:
+    """A CLIP of the stated ``architecture``, random or with the weights of file ``weights``."""
+    if architecture is None:
+        raise ValueError("CLIP name 'custom' needs its architecture (MODEL.CLIP.ARCHITECTURE)")
+    model = architecture.check().build().float()
+    if weights == "random":
+        logger.warning(f"the custom CLIP {architecture} has RANDOM weights: its predictions are meaningless")
+        return model.eval()
+    if not weights:
+        raise ValueError(
+            "a custom CLIP (MODEL.CLIP.NAME 'custom') has no official weights: set "
+            "MODEL.CLIP.WEIGHTS to its state-dict file (or 'random')"
+        )
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"CLIP weights {weights!r} not found (MODEL.CLIP.WEIGHTS)")
+    state_dict = {k: v for k, v in _read_state_dict(weights).items() if k not in _NON_WEIGHT_KEYS}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the CLIP weights in {weights} do not fit the architecture stated in "
+            f"MODEL.CLIP.ARCHITECTURE ({architecture}): {err}"
+        ) from err
+    return model.eval()
 
 
 def load_clip(

@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     register_coco_panoptic,
     register_lvis,
     register_pascal_context,
+    register_synthetic_world,
 )
 from .register_custom import (  # noqa: F401
     register_instance_dataset,

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ...data.vocabularies import resolve_vocabulary
 from ..clip_baseline import CLIPBaselineEncoder
-from ..clip_loader import build_clip_model
+from ..clip_loader import build_clip_model, clip_architecture_from_cfg
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import (
@@ -215,7 +215,8 @@ class MaskCLIP(nn.Module):
             )
 
         clip_model = build_clip_model(
-            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None
+            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None,
+            architecture=clip_architecture_from_cfg(cfg),
         )
         if mc.MODE == "baseline":
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
