@@ -23,6 +23,7 @@ from maskclip_d2.checkpoint import StrictCheckpointer
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
+from maskclip_d2.modeling.meta_arch.maskclip import vocabulary_from_metadata
 
 
 def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
@@ -41,6 +42,16 @@ def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        """Detectron2's hooks, with checkpoints written and resumed by ``StrictCheckpointer``:
+        loading is strict, and frozen weights stay out of the files when the config names
+        them (CLIP's, the proposal network's; MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS
+        keeps them in)."""
+        self.checkpointer = StrictCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
+
     @classmethod
     def build_train_loader(cls, cfg):
         """INPUT.DATASET_MAPPER_NAME: "coco_panoptic_lsj" (every panoptic segment with its
@@ -138,6 +149,10 @@ def main(args):
         StrictCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if hasattr(model, "fix_vocabularies"):  # embed every test vocabulary, then free the text tower
+            model.fix_vocabularies(
+                [vocabulary_from_metadata(MetadataCatalog.get(name))[0] for name in cfg.DATASETS.TEST]
+            )
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

@@ -12,7 +12,7 @@ One image through ``MaskCLIP.forward``:
   5. masks are resized to the output size and post-processed (``postprocessing.py``).
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -97,6 +97,10 @@ class MaskCLIP(nn.Module):
         overlap_threshold: float = 0.8,
         detections_per_image: int = 100,
         use_objectness: bool = True,
+        clip_weights: Optional[str] = None,
+        proposal_weights: Optional[str] = None,
+        frozen_weights_in_checkpoints: bool = True,
+        release_text_tower: bool = False,
     ):
         """
         Args:
@@ -113,6 +117,13 @@ class MaskCLIP(nn.Module):
             detections_per_image: instances kept per image.
             use_objectness: multiply class probabilities by the proposals' objectness (the
                 no-object logit of the training-free modes carries no information).
+            clip_weights: where CLIP's weights come from, as the config names them (e.g.
+                "MODEL.CLIP.WEIGHTS '' (official ViT-L/14@336px)"); None: nothing names them
+                (random weights), so only a checkpoint can hold them.
+            proposal_weights: the same for the proposal network's weights.
+            frozen_weights_in_checkpoints: checkpoints hold the frozen weights even when the
+                config names them (see ``weights_from_config``).
+            release_text_tower: ``fix_vocabularies`` frees the text tower after embedding.
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
@@ -129,6 +140,10 @@ class MaskCLIP(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.detections_per_image = detections_per_image
         self.use_objectness = use_objectness
+        self.clip_weights = clip_weights
+        self.proposal_weights = proposal_weights
+        self.frozen_weights_in_checkpoints = frozen_weights_in_checkpoints
+        self.release_text_tower = release_text_tower
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.set_vocabulary(vocabulary, is_thing)
@@ -136,14 +151,23 @@ class MaskCLIP(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         mc = cfg.MODEL.MASKCLIP
-        clip_model = build_clip_model(
-            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None
-        )
+        name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
+        cache_dir = cfg.MODEL.CLIP.CACHE_DIR or None
+        clip_model = build_clip_model(name, weights, cache_dir=cache_dir)
         if mc.MODE == "baseline":
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
         else:
             encoder = MaskCLIPVisualEncoder(cfg, clip_model.visual)
-        text_encoder = CLIPTextEncoder(cfg, clip_model)
+        if weights == "random":
+            clip_weights, tower_loader = None, None
+        else:
+            clip_weights = f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {name})" if not weights else "")
+
+            def tower_loader():
+                return build_clip_model(name, weights, cache_dir=cache_dir)
+
+        text_encoder = CLIPTextEncoder(cfg, clip_model, tower_loader=tower_loader)
+        del clip_model  # its towers live on in the encoders
 
         dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
         dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
@@ -178,6 +202,13 @@ class MaskCLIP(nn.Module):
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "use_objectness": mc.MODE != "rma",
+            "clip_weights": clip_weights,
+            "proposal_weights": (
+                f"MODEL.MASKCLIP.PROPOSAL_WEIGHTS {mc.PROPOSAL_WEIGHTS!r}"
+                if mc.PROPOSAL_WEIGHTS and mc.PROPOSAL_NETWORK != "gt" else None
+            ),
+            "frozen_weights_in_checkpoints": mc.FROZEN_WEIGHTS_IN_CHECKPOINTS,
+            "release_text_tower": cfg.MODEL.CLIP.RELEASE_TEXT_TOWER,
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -196,6 +227,48 @@ class MaskCLIP(nn.Module):
 
     def set_vocabulary_from_metadata(self, metadata):
         self.set_vocabulary(*vocabulary_from_metadata(metadata))
+
+    def fix_vocabularies(self, vocabularies: Sequence[Sequence[str]]) -> None:
+        """Embeds these vocabularies (and the no-object text) now, on the model's device, and
+        with ``release_text_tower`` frees CLIP's text tower: for an evaluation, whose
+        vocabularies are known in advance. The cached embeddings serve every forward after;
+        another vocabulary later rebuilds the tower from the CLIP weights the config names.
+        Call it after loading a checkpoint (loading may change the tower)."""
+        for names in [*vocabularies, [self.text_encoder.no_object_name]]:
+            self.text_encoder.encode_vocabulary(names, self.device)
+        if self.release_text_tower:
+            self.text_encoder.release_tower()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    # State-dict prefixes of the frozen weights: CLIP's (image tower, text tower) and the
+    # proposal network's.
+    CLIP_PREFIXES = ("encoder.visual.", "text_encoder.")
+    PROPOSAL_PREFIX = "proposal_network."
+
+    def weights_from_config(self) -> Dict[str, Optional[str]]:
+        """{state-dict prefix: where the config takes those weights from, or None if it
+        names nothing}: the frozen weights a checkpoint may lack (``StrictCheckpointer``
+        then keeps the config's)."""
+        sources = {prefix: self.clip_weights for prefix in self.CLIP_PREFIXES}
+        sources[self.PROPOSAL_PREFIX] = self.proposal_weights
+        return sources
+
+    def weights_left_out_of_checkpoints(self) -> Tuple[str, ...]:
+        """State-dict prefixes ``StrictCheckpointer.save`` leaves out: the frozen weights the
+        config names (CLIP: 1.7 GB at ViT-L/14@336px; the R50 Mask2Former: 0.18 GB), unless
+        ``frozen_weights_in_checkpoints``."""
+        if self.frozen_weights_in_checkpoints:
+            return ()
+        return tuple(p for p, source in self.weights_from_config().items() if source is not None)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> List[str]:
+        """Read by DistributedDataParallel: a text tower kept on the CPU while the rest runs on
+        CUDA stays out of DDP (which needs one device type; the tower is frozen and loaded
+        alike on every rank)."""
+        if self.text_encoder.tower_home.type == self.device.type:
+            return []
+        return ["text_encoder." + n for n, _ in self.text_encoder.named_parameters()]
 
     # ---- forward ---------------------------------------------------------------------------
     @property
