@@ -54,8 +54,20 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.TEMPERATURE = 0.01
     # Prompt templates; "{}" is replaced by the class name. ["{}"] = the bare name (authors).
     cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES = ["{}"]
+    # False: each class name string is ONE prompt, "building, edifice" included (the authors');
+    # True: "a, b" lists synonyms whose embeddings are averaged.
+    cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS = False
     # Vocabulary used when no dataset is named (e.g. the demo); a dataset's metadata wins.
+    # Class names, or one preset name (["ade20k_150"]; see maskclip_d2.data.vocabularies).
     cfg.MODEL.MASKCLIP.VOCABULARY = []
+    # The image CLIP sees and the extent of the masks it gets:
+    #   "padded_batch": the padded batch (SIZE_DIVISIBILITY, padding = MODEL.PIXEL_MEAN) resized
+    #                   to R x R, proposals over the padded extent (the authors');
+    #   "crop": each image without its padding resized to R x R, proposals cropped to it.
+    cfg.MODEL.MASKCLIP.CLIP_INPUT = "padded_batch"
+    # Resampling of the image to R x R: "bicubic" (the authors': without antialiasing, as their
+    # torchvision 0.11 did), "bicubic_antialias", "bilinear", "bilinear_antialias".
+    cfg.MODEL.MASKCLIP.CLIP_INTERPOLATION = "bicubic"
 
     # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
     # R-CNN, one class, class-agnostic masks) or "gt" (ground-truth masks, paper Table 7).
@@ -82,13 +94,18 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASKCLIP.IMPORTANCE_SAMPLE_RATIO = 0.75
 
-    # Inference outputs and panoptic post-processing (Mask2Former's defaults).
+    # Inference outputs and post-processing (the authors' ADE20K evaluation config).
     cfg.MODEL.MASKCLIP.TEST = CN()
     cfg.MODEL.MASKCLIP.TEST.SEMANTIC_ON = True
     cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASKCLIP.TEST.INSTANCE_ON = True
-    cfg.MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD = 0.8
-    cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.8
+    cfg.MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD = 0.3
+    cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.5
+    # Panoptic overlap test, "mask2former" (the authors') or "visible" (postprocessing.OVERLAP_RULES).
+    cfg.MODEL.MASKCLIP.TEST.OVERLAP_RULE = "mask2former"
+    # Instances of a things + stuff vocabulary: "after_topk" (the authors': top-k over all
+    # classes, then keep things) or "before_topk" (top-k over things).
+    cfg.MODEL.MASKCLIP.TEST.INSTANCE_THING_FILTER = "after_topk"
 
     # ---- data ------------------------------------------------------------------------------
     # Training mapper: "coco_panoptic_lsj" (large-scale jitter on panoptic records) or

@@ -132,8 +132,9 @@ def test_predictor_reuses_text_embeddings_across_calls():
     image = skimage.data.chelsea()
     vocabulary = ["cat, kitty", "sofa", "wall"]
     first = predictor(image, vocabulary=vocabulary, task="semantic")
-    # One text forward per synonym, plus the no-object text, each exactly once.
-    assert sorted(encoded) == sorted(["cat", "kitty", "sofa", "wall", "other"])
+    # One text forward per class name (one prompt each, MODEL.MASKCLIP.SPLIT_SYNONYMS False),
+    # plus the no-object text, each exactly once.
+    assert sorted(encoded) == sorted(["cat, kitty", "sofa", "wall", "other"])
     assert first["sem_seg"].shape == (3, 300, 451)
 
     encoded.clear()

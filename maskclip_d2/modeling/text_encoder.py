@@ -3,8 +3,9 @@
 * Prompt templates (``"{}"`` is replaced by the name): the default ``["{}"]`` is the bare
   name, as the authors do; several templates form an ensemble, averaged like CLIP's (mean of
   the L2-normalised prompt embeddings, normalised again).
-* A class name may list synonyms, ``"name1, name2"``: each synonym gets its ensemble
-  embedding, and the class embedding is their normalised mean.
+* A class name is one prompt as it stands, ``"building, edifice"`` included (the authors',
+  ``split_synonyms=False``); with ``split_synonyms=True`` it lists synonyms, ``"name1, name2"``:
+  each synonym gets its ensemble embedding, and the class embedding is their normalised mean.
 * Embeddings are cached per (class names, templates) on this module, so a repeated
   vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
   dict is loaded into the module and when the tower's dtype changes.
@@ -59,6 +60,7 @@ class CLIPTextEncoder(nn.Module):
         prompt_templates: Sequence[str] = ("{}",),
         temperature: float = 0.01,
         no_object_name: str = "other",
+        split_synonyms: bool = False,
         batch_size: int = 256,
         tower_device: Optional[str] = None,
         tower_loader: Optional[Callable[[], CLIP]] = None,
@@ -69,6 +71,8 @@ class CLIPTextEncoder(nn.Module):
             prompt_templates: templates with one "{}" each, e.g. ["a photo of a {}."].
             temperature: logits = cosine similarity / temperature.
             no_object_name: text of the no-object class appended with ``no_object=True``.
+            split_synonyms: False: each class name is one prompt (the authors'); True: "a, b"
+                are synonyms whose embeddings are averaged.
             batch_size: prompts per text-tower forward pass.
             tower_device: None: the tower moves with the module (``.to``, ``.cuda``), as any
                 module does; a device (e.g. "cpu"): the tower stays there and visits the
@@ -93,6 +97,7 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError("no_object_name must be a non-empty text")
         self.temperature = temperature
         self.no_object_name = no_object_name
+        self.split_synonyms = split_synonyms
         self.batch_size = batch_size
         self.context_length = clip_model.context_length
         self.tower_device = None if tower_device is None else torch.device(tower_device)
@@ -120,6 +125,7 @@ class CLIPTextEncoder(nn.Module):
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
             "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
+            "split_synonyms": cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS,
             "tower_device": cfg.MODEL.CLIP.TEXT_TOWER_DEVICE or None,
             "tower_loader": tower_loader,
         }
@@ -212,7 +218,7 @@ class CLIPTextEncoder(nn.Module):
 
     def _embeddings(self, names: Tuple[str, ...], device=None) -> torch.Tensor:
         """``encode_vocabulary`` of names already checked."""
-        key = (names, self.prompt_templates)
+        key = (names, self.prompt_templates, self.split_synonyms)
         if key not in self._cache:
             if self.tower_released and any(n not in self._class_embeddings for n in names):
                 self._restore_tower()
@@ -269,7 +275,8 @@ class CLIPTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
-        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
+        split = _synonyms if self.split_synonyms else (lambda name: [name])
+        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in split(name)]
         prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
         embeddings = torch.cat(
             [self.encode_text(prompts[s:s + self.batch_size])

@@ -40,7 +40,7 @@ def test_bare_names_are_clips_text_embeddings(clip_model):
 
 def test_template_ensemble_and_synonyms_are_averaged(clip_model):
     templates = ["a photo of a {}.", "{}", "a blurry photo of the {}."]
-    encoder = CLIPTextEncoder(clip_model, prompt_templates=templates)
+    encoder = CLIPTextEncoder(clip_model, prompt_templates=templates, split_synonyms=True)
     text = encoder.encode_vocabulary(["person, man", "dog"])
 
     def ensemble(words):
@@ -54,6 +54,16 @@ def test_template_ensemble_and_synonyms_are_averaged(clip_model):
     # The synonym average is the average of its synonyms' own embeddings.
     both = encoder.encode_vocabulary(["person", "man"])
     assert torch.allclose(text[0], F.normalize(both.mean(0), dim=0), atol=1e-5)
+
+
+def test_by_default_a_name_with_commas_is_one_prompt_as_the_authors_tokenize_it(clip_model):
+    # The authors: clip.tokenize(class_names) on the full strings, no template, no splitting.
+    encoder = CLIPTextEncoder(clip_model)
+    names = ["building, edifice", "sky", "wall-other-merged"]
+    assert torch.allclose(encoder.encode_vocabulary(names), clip_embeddings(clip_model, names), atol=1e-5)
+    split = CLIPTextEncoder(clip_model, split_synonyms=True).encode_vocabulary(names)
+    assert not torch.allclose(split[0], clip_embeddings(clip_model, names)[0], atol=1e-3)
+    assert torch.allclose(split[1:], clip_embeddings(clip_model, names[1:]), atol=1e-5)
 
 
 def test_logits_are_cosine_over_temperature_plus_no_object(clip_model):

@@ -26,13 +26,29 @@ from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from ..maskclip_encoder import MaskCLIPVisualEncoder
-from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..postprocessing import (
+    INSTANCE_THING_FILTERS,
+    OVERLAP_RULES,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 from ..proposals import build_proposal_network
 from ..text_encoder import CLIPTextEncoder, check_vocabulary
 
-__all__ = ["MaskCLIP", "vocabulary_from_metadata"]
+__all__ = ["MaskCLIP", "vocabulary_from_metadata", "CLIP_INPUTS", "CLIP_INTERPOLATIONS"]
 
 logger = logging.getLogger(__name__)
+
+# MODEL.MASKCLIP.CLIP_INPUT: what CLIP sees (see MaskCLIP.clip_images).
+CLIP_INPUTS = ("padded_batch", "crop")
+# MODEL.MASKCLIP.CLIP_INTERPOLATION -> (F.interpolate mode, antialias).
+CLIP_INTERPOLATIONS = {
+    "bicubic": ("bicubic", False),
+    "bicubic_antialias": ("bicubic", True),
+    "bilinear": ("bilinear", False),
+    "bilinear_antialias": ("bilinear", True),
+}
 
 
 def vocabulary_from_metadata(metadata):
@@ -93,10 +109,16 @@ class MaskCLIP(nn.Module):
         semantic_on: bool = True,
         panoptic_on: bool = True,
         instance_on: bool = True,
-        object_mask_threshold: float = 0.8,
-        overlap_threshold: float = 0.8,
+        object_mask_threshold: float = 0.3,
+        overlap_threshold: float = 0.5,
+        overlap_rule: str = "mask2former",
+        instance_thing_filter: str = "after_topk",
         detections_per_image: int = 100,
         use_objectness: bool = True,
+        clip_input: str = "padded_batch",
+        clip_interpolation: str = "bicubic",
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        size_divisibility: int = 32,
         clip_weights: Optional[str] = None,
         proposal_weights: Optional[str] = None,
         frozen_weights_in_checkpoints: bool = True,
@@ -113,10 +135,19 @@ class MaskCLIP(nn.Module):
             clip_pixel_mean, clip_pixel_std: CLIP's RGB normalisation, in 0-255 units.
             input_format: channel order of ``"image"`` ("RGB" or "BGR").
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
-            object_mask_threshold, overlap_threshold: panoptic post-processing.
+            object_mask_threshold, overlap_threshold, overlap_rule: panoptic post-processing
+                (``postprocessing.OVERLAP_RULES``).
+            instance_thing_filter: ``postprocessing.INSTANCE_THING_FILTERS``.
             detections_per_image: instances kept per image.
             use_objectness: multiply class probabilities by the proposals' objectness (the
                 no-object logit of the training-free modes carries no information).
+            clip_input: "padded_batch" (the authors': the batch padded to ``size_divisibility``
+                with ``pixel_mean`` is what CLIP sees and what the masks span) or "crop" (each
+                image without padding).
+            clip_interpolation: resampling to CLIP's resolution, one of ``CLIP_INTERPOLATIONS``.
+            pixel_mean: the padding value of "padded_batch" (the proposal network's pixel mean
+                in ``input_format`` order, 0-255: its normalised padding is 0).
+            size_divisibility: the padded batch's sides are multiples of this.
             clip_weights: where CLIP's weights come from, as the config names them (e.g.
                 "MODEL.CLIP.WEIGHTS '' (official ViT-L/14@336px)"); None: nothing names them
                 (random weights), so only a checkpoint can hold them.
@@ -130,6 +161,22 @@ class MaskCLIP(nn.Module):
             raise ValueError("at least one of semantic, panoptic and instance output must be on")
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+        if clip_input not in CLIP_INPUTS:
+            raise ValueError(f"MODEL.MASKCLIP.CLIP_INPUT must be one of {CLIP_INPUTS}, got {clip_input!r}")
+        if clip_interpolation not in CLIP_INTERPOLATIONS:
+            raise ValueError(
+                f"MODEL.MASKCLIP.CLIP_INTERPOLATION must be one of {tuple(CLIP_INTERPOLATIONS)}, "
+                f"got {clip_interpolation!r}"
+            )
+        if overlap_rule not in OVERLAP_RULES:
+            raise ValueError(
+                f"MODEL.MASKCLIP.TEST.OVERLAP_RULE must be one of {OVERLAP_RULES}, got {overlap_rule!r}"
+            )
+        if instance_thing_filter not in INSTANCE_THING_FILTERS:
+            raise ValueError(
+                f"MODEL.MASKCLIP.TEST.INSTANCE_THING_FILTER must be one of {INSTANCE_THING_FILTERS}, "
+                f"got {instance_thing_filter!r}"
+            )
         self.proposal_network = proposal_network
         self.encoder = encoder
         self.text_encoder = text_encoder
@@ -138,8 +185,14 @@ class MaskCLIP(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
+        self.overlap_rule = overlap_rule
+        self.instance_thing_filter = instance_thing_filter
         self.detections_per_image = detections_per_image
         self.use_objectness = use_objectness
+        self.clip_input = clip_input
+        self.clip_interpolation = clip_interpolation
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.clip_weights = clip_weights
         self.proposal_weights = proposal_weights
         self.frozen_weights_in_checkpoints = frozen_weights_in_checkpoints
@@ -185,8 +238,14 @@ class MaskCLIP(nn.Module):
         if mc.MODE == "rma":
             criterion = build_set_criterion(len(vocabulary), mc)
         test = mc.TEST
+        proposal_network = build_proposal_network(cfg)
+        # the padded batch is the proposal network's own, when it pads
+        size_divisibility = getattr(
+            getattr(proposal_network, "network", None), "size_divisibility",
+            cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+        )
         return {
-            "proposal_network": build_proposal_network(cfg),
+            "proposal_network": proposal_network,
             "encoder": encoder,
             "text_encoder": text_encoder,
             "criterion": criterion,
@@ -200,8 +259,14 @@ class MaskCLIP(nn.Module):
             "instance_on": test.INSTANCE_ON,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "overlap_rule": test.OVERLAP_RULE,
+            "instance_thing_filter": test.INSTANCE_THING_FILTER,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "use_objectness": mc.MODE != "rma",
+            "clip_input": mc.CLIP_INPUT,
+            "clip_interpolation": mc.CLIP_INTERPOLATION,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "size_divisibility": size_divisibility,
             "clip_weights": clip_weights,
             "proposal_weights": (
                 f"MODEL.MASKCLIP.PROPOSAL_WEIGHTS {mc.PROPOSAL_WEIGHTS!r}"
@@ -284,25 +349,47 @@ class MaskCLIP(nn.Module):
         self.proposal_network.eval()  # frozen stage 1
         return self
 
-    def clip_images(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """(B, 3, R, R): every image resized to CLIP's input resolution and CLIP-normalised."""
+    def padded_size(self, batched_inputs: List[Dict]) -> Optional[Tuple[int, int]]:
+        """(height, width) of the padded batch when CLIP sees it ("padded_batch"), else None:
+        the largest image's sides rounded up to ``size_divisibility``, as Detectron2's
+        ``ImageList.from_tensors`` pads."""
+        if self.clip_input != "padded_batch":
+            return None
+        stride = max(self.size_divisibility, 1)
+        height = max(x["image"].shape[-2] for x in batched_inputs)
+        width = max(x["image"].shape[-1] for x in batched_inputs)
+        return (-(-height // stride) * stride, -(-width // stride) * stride)
+
+    def clip_images(self, batched_inputs: List[Dict], padded_size=None) -> torch.Tensor:
+        """(B, 3, R, R): the images resized to CLIP's input resolution, CLIP-normalised.
+
+        With ``padded_size`` (``padded_batch``), every image is first placed top-left in a
+        ``padded_size`` canvas of ``pixel_mean``, so CLIP sees the padding as the proposal
+        network does; otherwise each image is resized alone."""
         size = self.clip_resolution
-        images = []
-        for x in batched_inputs:
-            image = x["image"].to(self.device).float()
+        mode, antialias = CLIP_INTERPOLATIONS[self.clip_interpolation]
+        images = [x["image"].to(self.device).float() for x in batched_inputs]
+        if padded_size is not None:
+            canvas = self.pixel_mean.expand(len(images), -1, *padded_size).clone()
+            for canvas_image, image in zip(canvas, images):
+                canvas_image[:, : image.shape[-2], : image.shape[-1]] = image
+            images = list(canvas)
+        resized = []
+        for image in images:
             if self.input_format == "BGR":
                 image = image.flip(0)
             image = F.interpolate(
-                image[None], (size, size), mode="bilinear", align_corners=False, antialias=True
+                image[None], (size, size), mode=mode, align_corners=False, antialias=antialias
             )[0]
-            images.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
-        return torch.stack(images)
+            resized.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
+        return torch.stack(resized)
 
     def forward(self, batched_inputs: List[Dict]):
         size = self.clip_resolution
-        mask_logits, objectness = self.proposal_network(batched_inputs, size)
+        padded_size = self.padded_size(batched_inputs)
+        mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
         mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
-        encoded = self.encoder(self.clip_images(batched_inputs), mask_logits)
+        encoded = self.encoder(self.clip_images(batched_inputs, padded_size), mask_logits)
         # (B, M, K + 1): the vocabulary, then no-object
         class_logits = self.text_encoder(encoded["features"], self.vocabulary, no_object=True)
         refined = encoded["masks"]
@@ -328,7 +415,12 @@ class MaskCLIP(nn.Module):
                 mask_probs = resize_masks(gt, (height, width), mode="nearest")
                 probs = class_probs[b, : len(gt)]
             else:
-                mask_probs = resize_masks(output_masks[b].float(), (height, width)).sigmoid()
+                masks = output_masks[b].float()
+                if padded_size is not None:
+                    # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
+                    masks = resize_masks(masks, padded_size)
+                    masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
+                mask_probs = resize_masks(masks, (height, width)).sigmoid()
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
@@ -340,11 +432,12 @@ class MaskCLIP(nn.Module):
         if self.panoptic_on:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 class_probs, mask_probs, self.is_thing, self.object_mask_threshold,
-                self.overlap_threshold,
+                self.overlap_threshold, self.overlap_rule,
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
-                class_probs, mask_probs, self.detections_per_image, self.is_thing
+                class_probs, mask_probs, self.detections_per_image, self.is_thing,
+                self.instance_thing_filter,
             )
         return result
 
