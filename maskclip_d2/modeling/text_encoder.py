@@ -133,8 +133,9 @@ class CLIPTextEncoder(nn.Module):
     # ---- where the tower lives ---------------------------------------------------------------
     def _apply(self, fn, recurse=True):
         """``.to`` / ``.cuda`` / ``.half`` ...: a pinned tower (``tower_device``) keeps its
-        device but takes the dtype; a released tower has nothing to convert. A dtype change
-        empties the cache (embeddings of another precision)."""
+        device and takes only the dtype (of a float32 tensor under ``fn``); a released tower
+        has nothing to convert. A dtype change empties the cache (embeddings of another
+        precision)."""
         dtype = fn(torch.empty(0)).dtype
         if dtype != self.text_projection.dtype:
             self._cache.clear()
@@ -143,8 +144,10 @@ class CLIPTextEncoder(nn.Module):
             return self
         if self.tower_device is None:
             return super()._apply(fn, recurse)
-        # One tensor at a time, so at most one of the tower's tensors is ever off its device.
-        return super()._apply(lambda t: fn(t).to(self.tower_device), recurse)
+        # Only the dtype is taken from fn: the tower never leaves its device, even briefly.
+        return super()._apply(
+            lambda t: t.to(self.tower_device, dtype if t.is_floating_point() else t.dtype), recurse
+        )
 
     def _move_tower(self, device) -> None:
         nn.Module._apply(self, lambda t: t.to(device))
