@@ -29,6 +29,7 @@ from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import (
     INSTANCE_THING_FILTERS,
     OVERLAP_RULES,
+    ImageMasks,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -72,9 +73,12 @@ def vocabulary_from_metadata(metadata):
 
 
 def resize_masks(masks: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
-    """(M, h, w) -> (M, *size), any M >= 0."""
+    """(M, h, w) -> (M, *size), any M >= 0; the masks themselves when already of that size
+    (what interpolating to the same size gives)."""
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size))
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
     align = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(masks[None], size, mode=mode, **align)[0]
 
@@ -427,17 +431,18 @@ class MaskCLIP(nn.Module):
 
     def inference_one(self, class_probs: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
         result = {}
+        masks = ImageMasks(mask_probs)  # what panoptic and instance inference share
         if self.semantic_on:
             result["sem_seg"] = retry_if_cuda_oom(semantic_inference)(class_probs, mask_probs)
         if self.panoptic_on:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 class_probs, mask_probs, self.is_thing, self.object_mask_threshold,
-                self.overlap_threshold, self.overlap_rule,
+                self.overlap_threshold, self.overlap_rule, masks,
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
                 class_probs, mask_probs, self.detections_per_image, self.is_thing,
-                self.instance_thing_filter,
+                self.instance_thing_filter, masks,
             )
         return result
 
