@@ -17,6 +17,9 @@ Inference (one image of ``--image-size``, the config's proposals, ``--classes`` 
   and within it each task (semantic_inference, panoptic_inference, instance_inference);
   ``post_processing_share`` = post_processing / total of the same forward. The fastest of
   ``--repeats`` forwards is reported (after one warm-up), with every forward's figures.
+  ``tasks_s`` / ``reference_tasks_s``: the three tasks (``MaskCLIP.inference_one``) on the last
+  forward's class and mask probabilities, against the straightforward implementation they
+  replaced (tests/modeling/postprocessing_reference.py), fastest of ``--repeats`` each.
   Memory: ``peak_rss_gb`` the process's peak resident set (build included, ``ru_maxrss``);
   ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's VmHWM,
   reset before them); on CUDA ``cuda_weights_gb`` (allocated after the build) and
@@ -229,11 +232,20 @@ def inference_worker(args):
     originals = {step: getattr(meta_arch, step) for step in POSTPROCESSING_STEPS if hasattr(meta_arch, step)}
     for step, fn in originals.items():
         setattr(meta_arch, step, clock.wrap(step, fn))
+    seen = {}
+    inference_one = model.inference_one
+
+    def recording(class_probs, mask_probs):
+        seen.update(class_probs=class_probs, mask_probs=mask_probs)
+        return inference_one(class_probs, mask_probs)
+
+    model.inference_one = recording
     try:
         forwards = timed_forwards(model, inputs, clock, device, args.repeats, result)
     finally:
         for step, fn in originals.items():
             setattr(meta_arch, step, fn)
+    result.update(tasks_against_reference(model, inference_one, seen, clock, args.repeats))
     result["inference_peak_rss_gb"] = rss_gb("VmHWM") if result["peak_rss_reset"] else float("nan")
     if device == "cuda":
         result["cuda_inference_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -241,6 +253,44 @@ def inference_worker(args):
     result["post_processing_share_median"] = statistics.median(t["post_processing_share"] for t in forwards)
     result["forwards"] = forwards
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def tasks_against_reference(model, inference_one, seen, clock, repeats):
+    """The post-processing tasks of one image, ours against the reference implementation."""
+    import postprocessing_reference as reference
+
+    class_probs, mask_probs = seen["class_probs"], seen["mask_probs"]
+
+    def ours():
+        inference_one(class_probs, mask_probs)
+
+    def theirs():
+        if model.semantic_on:
+            reference.semantic_inference(class_probs, mask_probs)
+        if model.panoptic_on:
+            reference.panoptic_inference(
+                class_probs, mask_probs, model.is_thing, model.object_mask_threshold,
+                model.overlap_threshold, model.overlap_rule,
+            )
+        if model.instance_on:
+            reference.instance_inference(
+                class_probs, mask_probs, model.detections_per_image, model.is_thing,
+                model.instance_thing_filter,
+            )
+
+    times = {"tasks_s": [], "reference_tasks_s": []}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, fn in (("tasks_s", ours), ("reference_tasks_s", theirs)):
+                start = clock.now()
+                fn()
+                times[name].append(clock.now() - start)
+    result = {name: min(values) for name, values in times.items()}
+    result["tasks_over_reference"] = result["tasks_s"] / result["reference_tasks_s"]
+    scores, labels = class_probs.max(-1)
+    kept = (labels != class_probs.shape[-1] - 1) & (scores > model.object_mask_threshold)
+    result["panoptic_masks_kept"] = int(kept.sum())
     return result
 
 
@@ -401,7 +451,8 @@ def report(results):
         print(f"  {variant}: total {r['total_s']:.2f} s ({stages}; tasks: {tasks}); post-processing "
               f"{100 * r['post_processing_share']:.1f}% of total; peak RSS {r['peak_rss_gb']:.2f} GB "
               f"(inference {r['inference_peak_rss_gb']:.2f} GB); checkpoint {r['checkpoint_mb']:.1f} MB "
-              f"(full {r['full_checkpoint_mb']:.1f} MB)")
+              f"(full {r['full_checkpoint_mb']:.1f} MB); tasks {r['tasks_s']:.2f} s vs reference "
+              f"{r['reference_tasks_s']:.2f} s (x{r['tasks_over_reference']:.2f}, {r['panoptic_masks_kept']} masks kept)")
     if "training" in results:
         t = results["training"]
         print(f"  training, {t['clip']}, batch {t['batch']} x {t['image_size']} px: ours {t['ours_s']:.2f} s, "
