@@ -14,14 +14,20 @@ not be in a checkpoint. A model says which with two methods:
 * ``weights_left_out_of_checkpoints()``: the prefixes ``save`` leaves out (the file records
   them under ``"weights_from_config"``).
 """
+import logging
 from typing import Dict, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["StrictCheckpointer", "CheckpointMismatchError"]
+__all__ = ["StrictCheckpointer", "CheckpointMismatchError", "CLASS_HEAD_SUFFIXES"]
+
+logger = logging.getLogger(__name__)
 
 # Keys listed per kind in the error message.
 _SHOWN = 10
+# The class head of a Mask2Former: a class-agnostic one has 2 outputs (object, no object), a
+# COCO panoptic one 134. Fine-tuning stage 1 from a standard Mask2Former replaces it.
+CLASS_HEAD_SUFFIXES = ("sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.class_embed.bias")
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,7 +56,15 @@ class StrictCheckpointer(DetectionCheckpointer):
     """A ``DetectionCheckpointer`` whose ``load`` raises ``CheckpointMismatchError`` when the
     file lacks weights of the model (other than those the config provides, see the module
     docstring), has weights the model does not, or has other shapes; and whose ``save``
-    leaves out the frozen weights the config provides."""
+    leaves out the frozen weights the config provides.
+
+    ``replace_class_head=True`` (fine-tuning the class-agnostic stage 1 from a standard
+    Mask2Former checkpoint): a Mask2Former class head of another size is not loaded, the model
+    keeps its initialisation for it, and one log line says so."""
+
+    def __init__(self, model, save_dir="", *, replace_class_head=False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.replace_class_head = replace_class_head
 
     def _from_config(self) -> Dict[str, Optional[str]]:
         method = getattr(self.model, "weights_from_config", None)
@@ -71,7 +85,21 @@ class StrictCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         recorded = checkpoint.get("weights_from_config") or {}
+        # A criterion's no-object class weights come from the config (SetCriterion ignores a
+        # checkpoint's); a reference checkpoint's may have another vocabulary size.
+        for key in [k for k in checkpoint["model"] if k.endswith("criterion.empty_weight")]:
+            checkpoint["model"].pop(key)
         incompatible = super()._load_model(checkpoint)
+        heads = [s for s in incompatible.incorrect_shapes if s[0].endswith(CLASS_HEAD_SUFFIXES)]
+        if heads and self.replace_class_head:
+            key, theirs, ours = heads[0]
+            logger.info(
+                f"Re-initialising the class head {key.rsplit('.', 1)[0]}: the checkpoint's has "
+                f"{theirs[0]} outputs ({theirs[0] - 1} classes + no object), the model's {ours[0]}."
+            )
+            head_keys = {s[0] for s in heads}
+            incompatible.incorrect_shapes[:] = [s for s in incompatible.incorrect_shapes if s not in heads]
+            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in head_keys]
         sources = self._from_config()
         unprovided, missing = {}, []
         for key in incompatible.missing_keys:
@@ -100,9 +128,19 @@ class StrictCheckpointer(DetectionCheckpointer):
                 f"saved, e.g. MODEL.CLIP.WEIGHTS '' for the official file of MODEL.CLIP.NAME, or a path"
             )
         if problems:
+            hint = "Check that the config is the one the checkpoint was trained with."
+            if heads and not self.replace_class_head:
+                key, theirs, ours = heads[0]
+                hint = (
+                    f"{key.rsplit('.', 1)[0]} is a Mask2Former class head with {theirs[0]} outputs "
+                    f"where this model has {ours[0]}: the checkpoint is a {theirs[0] - 1}-class "
+                    f"Mask2Former. To fine-tune the class-agnostic stage 1 from it, train with "
+                    f"train_net.py (stage 1 replaces the class head); to use it as the proposal "
+                    f"network as it is, drop its class head with tools/convert_official_checkpoint.py "
+                    f"--proposals FILE --drop-class-head."
+                )
             raise CheckpointMismatchError(
                 f"the checkpoint does not match the model ({type(self.model).__name__}): "
-                + "; ".join(problems)
-                + ". Check that the config is the one the checkpoint was trained with."
+                + "; ".join(problems) + ". " + hint
             )
         return incompatible._replace(missing_keys=[])  # the rest raised; `provided` keep the config's

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
+from .data.vocabularies import resolve_vocabulary
 from .modeling.text_encoder import check_vocabulary
 
 __all__ = ["Predictor", "TASKS", "parse_vocabulary", "check_vocabulary", "read_rgb_image"]
@@ -101,7 +102,9 @@ class Predictor:
 
         Args:
             image: a path, a PIL image or an (H, W, 3) uint8 RGB array.
-            vocabulary: class names ("a, b" = synonyms); None keeps the current one.
+            vocabulary: class names, or a preset name ("ade20k_150", "coco_panoptic", ...: see
+                ``maskclip_d2.data.vocabularies``, with its thing / stuff flags); None keeps the
+                current one.
             task: "semantic", "panoptic", "instance", a list of them, or None for all three.
             is_thing: per class, thing (True) or stuff (False) for panoptic merging;
                 None: all things.
@@ -113,6 +116,7 @@ class Predictor:
         if unknown or not tasks:
             raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
         if vocabulary is not None:
+            vocabulary, is_thing = resolve_vocabulary(vocabulary, is_thing)
             vocabulary = list(check_vocabulary(vocabulary))
             if vocabulary != self.model.vocabulary or is_thing is not None:
                 self.model.set_vocabulary(vocabulary, is_thing)

@@ -1,8 +1,9 @@
 """One ``register_<dataset>.py`` per benchmark; importing this package registers them all
 under ``$DETECTRON2_DATASETS`` (default ``datasets``). Each module has a
-``register_all_<dataset>(root)`` to register again under another root. Registering never
-reads more than a small vocabulary file, so it works without the data; loading a dataset
-that is not prepared raises one error naming the missing folder and the prepare command."""
+``register_all_<dataset>(root)`` to register again under another root. Registering reads
+no file of the dataset (the class names ship with the package, ``..vocabularies``), so it
+works without the data; loading a dataset that is not prepared raises one error naming the
+missing folder and the prepare command."""
 from . import (  # noqa: F401
     register_ade20k_150,
     register_ade20k_full,

@@ -11,17 +11,19 @@ One image through ``MaskCLIP.forward``:
      plus a no-object logit;
   5. masks are resized to the output size and post-processed (``postprocessing.py``).
 """
+import difflib
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 from torch.nn import functional as F
 
+from ...data.vocabularies import resolve_vocabulary
 from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
@@ -59,6 +61,14 @@ def vocabulary_from_metadata(metadata):
     convention) with things flagged by ``thing_dataset_id_to_contiguous_id``; instance-only
     datasets list their classes in ``thing_classes``.
     """
+    if metadata.name not in DatasetCatalog.list():
+        registered = sorted(DatasetCatalog.list())
+        close = difflib.get_close_matches(metadata.name, registered, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(
+            f"dataset {metadata.name!r} is not registered.{hint} Registered datasets: "
+            f"{', '.join(registered)}"
+        )
     stuff = metadata.get("stuff_classes", None)
     things = metadata.get("thing_classes", None)
     if stuff:
@@ -208,9 +218,24 @@ class MaskCLIP(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         mc = cfg.MODEL.MASKCLIP
-        name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
+        # the vocabulary first: a misspelled dataset or preset fails before CLIP loads
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            vocabulary_from_metadata(MetadataCatalog.get(name))
+        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+        if dataset:
+            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
+        else:
+            vocabulary, is_thing = resolve_vocabulary(list(mc.VOCABULARY))
+        if not vocabulary:
+            raise ValueError(
+                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
+                "or list class names (or one preset name) in MODEL.MASKCLIP.VOCABULARY"
+            )
+
+        clip_name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
         cache_dir = cfg.MODEL.CLIP.CACHE_DIR or None
-        clip_model = build_clip_model(name, weights, cache_dir=cache_dir)
+        clip_model = build_clip_model(clip_name, weights, cache_dir=cache_dir)
         if mc.MODE == "baseline":
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
         else:
@@ -218,25 +243,13 @@ class MaskCLIP(nn.Module):
         if weights == "random":
             clip_weights, tower_loader = None, None
         else:
-            clip_weights = f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {name})" if not weights else "")
+            clip_weights = f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {clip_name})" if not weights else "")
 
             def tower_loader():
-                return build_clip_model(name, weights, cache_dir=cache_dir)
+                return build_clip_model(clip_name, weights, cache_dir=cache_dir)
 
         text_encoder = CLIPTextEncoder(cfg, clip_model, tower_loader=tower_loader)
         del clip_model  # its towers live on in the encoders
-
-        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-        if dataset:
-            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
-        else:
-            vocabulary, is_thing = list(mc.VOCABULARY), None
-        if not vocabulary:
-            raise ValueError(
-                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
-                "or list class names in MODEL.MASKCLIP.VOCABULARY"
-            )
 
         criterion = None
         if mc.MODE == "rma":
@@ -281,11 +294,14 @@ class MaskCLIP(nn.Module):
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
-    def set_vocabulary(self, names: Sequence[str], is_thing: Optional[Sequence[bool]] = None):
-        """Classify against ``names`` from now on ("a, b" = synonyms of one class). Text
+    def set_vocabulary(self, names, is_thing: Optional[Sequence[bool]] = None):
+        """Classify against ``names`` from now on: class names, or a preset name
+        (``maskclip_d2.data.vocabularies``, e.g. "ade20k_150", which brings its thing / stuff
+        flags unless ``is_thing`` is given; for names, None = all things). Text
         embeddings are computed at the first forward pass with this vocabulary and cached:
         not here, where the text tower may not have its final weights yet (a checkpoint still
         to load, or DDP's broadcast of rank 0's weights, which bypasses the cache's reset)."""
+        names, is_thing = resolve_vocabulary(names, is_thing)
         names = list(check_vocabulary(names))
         if is_thing is None:
             is_thing = [True] * len(names)
@@ -399,7 +415,7 @@ class MaskCLIP(nn.Module):
         refined = encoded["masks"]
 
         if self.training:
-            return self.losses(batched_inputs, class_logits, refined)
+            return self.losses(batched_inputs, class_logits, refined, padded_size)
 
         if getattr(self.proposal_network, "outputs_are_ground_truth", False):
             output_masks = None  # the ground-truth masks themselves (Table 7)
@@ -446,9 +462,11 @@ class MaskCLIP(nn.Module):
             )
         return result
 
-    def losses(self, batched_inputs, class_logits, refined) -> Dict[str, torch.Tensor]:
+    def losses(self, batched_inputs, class_logits, refined, padded_size=None) -> Dict[str, torch.Tensor]:
         """Hungarian-matched CE over the vocabulary + no-object, and dice + BCE on the masks of
-        every RMA layer (deep supervision; the last layer's are the main output)."""
+        every RMA layer (deep supervision; the last layer's are the main output). With a
+        ``padded_size`` the predicted masks span the padded batch, so the ground-truth masks
+        are padded to it (as Mask2Former's ``prepare_targets``)."""
         if self.criterion is None:
             raise RuntimeError(
                 f"MaskCLIP in mode {type(self.encoder).__name__} has nothing to train: "
@@ -462,6 +480,9 @@ class MaskCLIP(nn.Module):
         targets = []
         for x in batched_inputs:
             masks = gt_masks_of(x).to(self.device)
+            if padded_size is not None:
+                masks = F.pad(masks, (0, padded_size[1] - masks.shape[-1],
+                                      0, padded_size[0] - masks.shape[-2]))
             targets.append({"labels": x["instances"].gt_classes.to(self.device), "masks": masks})
         outputs = {"pred_logits": class_logits, "pred_masks": refined[-1]}
         outputs["aux_outputs"] = [
