@@ -440,7 +440,11 @@ class MaskCLIP(nn.Module):
                     # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
                     masks = resize_masks(masks, padded_size)
                     masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
-                mask_probs = resize_masks(masks, (height, width)).sigmoid()
+                mask_logits_b = resize_masks(masks, (height, width))
+                if mask_logits_b.untyped_storage().data_ptr() == output_masks.untyped_storage().data_ptr():
+                    mask_probs = mask_logits_b.sigmoid()  # the encoder's own tensor: not in place
+                else:
+                    mask_probs = mask_logits_b.sigmoid_()  # a resized copy: no second (M, H, W) tensor
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
