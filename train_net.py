@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import os
-import weakref
 from collections import OrderedDict
 
 import torch
@@ -27,6 +26,7 @@ from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
 from maskclip_d2.utils import atomic_write
+from maskclip_d2.modeling.meta_arch.maskclip import vocabulary_from_metadata
 
 
 def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
@@ -45,17 +45,16 @@ def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
 
 
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        """DefaultTrainer whose checkpointer loads strictly (``TrainingCheckpointer``): a
-        MODEL.WEIGHTS or resumed file that does not match the model is an error, except an
-        ImageNet backbone file and class heads of another class count (logged)."""
-        super().__init__(cfg)
-        default = self.checkpointer
+    def build_hooks(self):
+        """Detectron2's hooks, with checkpoints written and resumed by ``TrainingCheckpointer``:
+        loading is strict except an ImageNet backbone file and class heads of another class
+        count (logged), and frozen weights stay out of the files when the config names them
+        (CLIP's, the proposal network's; MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS keeps
+        them in)."""
         self.checkpointer = TrainingCheckpointer(
-            default.model, default.save_dir, trainer=weakref.proxy(self))
-        for hook in self._hooks:
-            if getattr(hook, "checkpointer", None) is default:
-                hook.checkpointer = self.checkpointer
+            self._trainer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
 
     def resume_or_load(self, resume=True):
         """DefaultTrainer's, then a check that every process starts at the same iteration:
@@ -186,6 +185,10 @@ def main(args):
         StrictCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if hasattr(model, "fix_vocabularies"):  # embed every test vocabulary, then free the text tower
+            model.fix_vocabularies(
+                [vocabulary_from_metadata(MetadataCatalog.get(name))[0] for name in cfg.DATASETS.TEST]
+            )
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         if comm.is_main_process():

@@ -12,10 +12,21 @@ partial loads training expects: an ImageNet backbone file converted from another
 (Detectron2's ``.pkl`` / ``.pyth`` model-zoo files, marked ``matching_heuristics``)
 initialises the backbone only, and class heads of another class count (a Mask2Former's
 ``CLASS_HEAD_SUFFIXES``, a Mask R-CNN's ``MASK_RCNN_CLASS_HEADS``) are re-initialised.
+
+Frozen weights that the config provides (MaskCLIP: CLIP's, from ``MODEL.CLIP.WEIGHTS``, and
+the proposal network's, from ``MODEL.MASKCLIP.PROPOSAL_WEIGHTS``) need not be in a checkpoint.
+A model says which with two methods:
+
+* ``weights_from_config()``: {state-dict prefix: where the config takes those weights from,
+  or None when it names nothing (random weights)}. A checkpoint without them is complete when
+  the config names them (the model keeps the config's); otherwise loading raises and says so.
+* ``weights_left_out_of_checkpoints()``: the prefixes ``save`` leaves out (the file records
+  them under ``"weights_from_config"``).
 """
 import logging
 import os
 import pickle
+from typing import Dict, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -46,10 +57,30 @@ class CheckpointFileError(ValueError):
     """A weights file that cannot be read as a checkpoint."""
 
 
+def _listed(keys: Sequence[str]) -> str:
+    more = f" (and {len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+class _StateWithout:
+    """Stands for a model whose ``state_dict`` leaves out keys under some prefixes."""
+
+    def __init__(self, model, prefixes):
+        self.model, self.prefixes = model, tuple(prefixes)
+
+    def state_dict(self):
+        state = self.model.state_dict()
+        for key in [k for k in state if k.startswith(self.prefixes)]:
+            del state[key]
+        return state
+
+
 class StrictCheckpointer(DetectionCheckpointer):
     """A ``DetectionCheckpointer`` whose ``load`` raises ``CheckpointMismatchError`` when the
-    file lacks weights of the model, has weights the model does not, or has other shapes,
-    and ``CheckpointFileError`` when the file is not a readable checkpoint.
+    file lacks weights of the model (other than those the config provides, see the module
+    docstring), has weights the model does not, or has other shapes, and
+    ``CheckpointFileError`` when the file is not a readable checkpoint; its ``save`` leaves
+    out the frozen weights the config provides.
 
     ``replace_class_head=True`` (fine-tuning the class-agnostic stage 1 from a standard
     Mask2Former checkpoint): a Mask2Former class head of another size is not loaded, the model
@@ -91,7 +122,25 @@ class StrictCheckpointer(DetectionCheckpointer):
         """Keys of ``incompatible`` that are expected for this checkpoint (none here)."""
         return set()
 
+    def _from_config(self) -> Dict[str, Optional[str]]:
+        method = getattr(self.model, "weights_from_config", None)
+        return method() if method is not None else {}
+
+    def save(self, name, **kwargs):
+        method = getattr(self.model, "weights_left_out_of_checkpoints", None)
+        prefixes = tuple(method()) if method is not None else ()
+        if not prefixes:
+            return super().save(name, **kwargs)
+        sources = self._from_config()
+        kwargs["weights_from_config"] = {p: sources.get(p) for p in prefixes}
+        model, self.model = self.model, _StateWithout(self.model, prefixes)
+        try:  # Detectron2's save (written whole or not at all) of the reduced state dict
+            return super().save(name, **kwargs)
+        finally:
+            self.model = model
+
     def _load_model(self, checkpoint):
+        recorded = checkpoint.get("weights_from_config") or {}
         # A criterion's no-object class weights come from the config (SetCriterion ignores a
         # checkpoint's); a reference checkpoint's may have another vocabulary size.
         for key in [k for k in checkpoint["model"] if k.endswith("criterion.empty_weight")]:
@@ -108,16 +157,36 @@ class StrictCheckpointer(DetectionCheckpointer):
             incompatible.incorrect_shapes[:] = [s for s in incompatible.incorrect_shapes if s not in heads]
             incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if k not in head_keys]
         allowed = self._allowed(checkpoint, incompatible)
+        sources = self._from_config()
+        unprovided, missing = {}, []
+        for key in incompatible.missing_keys:
+            if key in allowed:
+                continue
+            prefix = next((p for p in sources if key.startswith(p)), None)
+            if prefix is None:
+                missing.append(key)
+            elif sources[prefix] is None:
+                unprovided.setdefault(prefix, []).append(key)
+            # else: the config names them; the model keeps the config's weights
+
         problems = []
         for title, keys in (
-            ("missing from the checkpoint", [k for k in incompatible.missing_keys if k not in allowed]),
+            ("missing from the checkpoint", missing),
             ("unknown to the model", [k for k in incompatible.unexpected_keys if k not in allowed]),
             ("of another shape", [f"{k} {tuple(a)} vs model {tuple(b)}"
                                   for k, a, b in incompatible.incorrect_shapes if k not in allowed]),
         ):
             if keys:
-                more = f" (and {len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-                problems.append(f"{len(keys)} keys {title}: {', '.join(keys[:_SHOWN])}{more}")
+                problems.append(f"{len(keys)} keys {title}: {_listed(keys)}")
+        for prefix, keys in unprovided.items():
+            saved_from = recorded.get(prefix)
+            problems.append(
+                f"{len(keys)} keys of frozen weights under '{prefix}' are missing from the checkpoint "
+                f"({_listed(keys)}): checkpoints leave them out when the config names where they "
+                f"come from{f' (this one was saved with {saved_from})' if saved_from else ''}, but "
+                f"this config names nothing (random weights). Set it as when the checkpoint was "
+                f"saved, e.g. MODEL.CLIP.WEIGHTS '' for the official file of MODEL.CLIP.NAME, or a path"
+            )
         if problems:
             hint = "Check that the config is the one the checkpoint was trained with."
             if heads and not self.replace_class_head:
@@ -134,7 +203,7 @@ class StrictCheckpointer(DetectionCheckpointer):
                 f"the checkpoint does not match the model ({type(self.model).__name__}): "
                 + "; ".join(problems) + ". " + hint
             )
-        return incompatible
+        return incompatible._replace(missing_keys=[])  # the rest raised; `provided` keep the config's
 
 
 class TrainingCheckpointer(StrictCheckpointer):

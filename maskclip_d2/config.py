@@ -39,6 +39,12 @@ def add_maskclip_config(cfg):
     # CLIP's RGB normalisation, in 0-255 units.
     cfg.MODEL.CLIP.PIXEL_MEAN = [255.0 * v for v in CLIP_PIXEL_MEAN]
     cfg.MODEL.CLIP.PIXEL_STD = [255.0 * v for v in CLIP_PIXEL_STD]
+    # Where CLIP's text tower lives (it only embeds new vocabularies): "cpu" keeps it on the
+    # CPU whatever MODEL.DEVICE is (it visits MODEL.DEVICE to embed); "" = with the model.
+    cfg.MODEL.CLIP.TEXT_TOWER_DEVICE = "cpu"
+    # Free the text tower's weights once the vocabularies are fixed (train_net.py --eval-only:
+    # every test dataset's vocabulary is embedded first); a new vocabulary reloads it from WEIGHTS.
+    cfg.MODEL.CLIP.RELEASE_TEXT_TOWER = True
 
     # ---- MaskCLIP ------------------------------------------------------------------------
     cfg.MODEL.MASKCLIP = CN()
@@ -81,6 +87,11 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
     # Masks kept from the proposal network (top by objectness).
     cfg.MODEL.MASKCLIP.NUM_PROPOSALS = 100
+    # Checkpoints hold every weight (Detectron2's full state dict) when True. False: the frozen
+    # weights the config names stay out (CLIP's from MODEL.CLIP.WEIGHTS, the proposal network's
+    # from PROPOSAL_WEIGHTS) and come from there when loading; weights it does not name (random
+    # CLIP, no PROPOSAL_WEIGHTS) are always saved.
+    cfg.MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS = False
     # Binary masks (ground truth, padding) enter the encoder as logits +-GT_MASK_LOGIT.
     cfg.MODEL.MASKCLIP.GT_MASK_LOGIT = 10.0
 

@@ -1,9 +1,15 @@
-"""A checkpoint that does not match the model is refused, naming the keys."""
+"""A checkpoint that does not match the model is refused, naming the keys; MaskCLIP's
+checkpoints leave out the frozen weights its config names."""
+from pathlib import Path
+
 import pytest
 import torch
+from detectron2.modeling import build_model
 from torch import nn
 
 from maskclip_d2.checkpoint import CheckpointMismatchError, StrictCheckpointer, TrainingCheckpointer
+from maskclip_d2.config import get_maskclip_cfg
+from maskclip_d2.modeling import build_clip_model
 
 
 def two_layers(width=3):
@@ -102,3 +108,74 @@ def test_training_accepts_an_imagenet_backbone_file(tmp_path):
     assert torch.equal(model.backbone.weight, torch.ones(4, 3))
     with pytest.raises(CheckpointMismatchError):  # evaluation stays strict
         StrictCheckpointer(WithHead(1)).load(str(tmp_path / "R-50.pkl"))
+
+
+# ---- MaskCLIP: frozen weights the config names stay out of checkpoints -------------------------
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "maskclip_tiny.yaml")
+FROZEN = ("encoder.visual.", "text_encoder.", "proposal_network.")
+
+
+@pytest.fixture(scope="module")
+def frozen_files(tmp_path_factory):
+    """A tiny CLIP file and a proposal-network file, as a user's MODEL.CLIP.WEIGHTS and
+    MODEL.MASKCLIP.PROPOSAL_WEIGHTS name them."""
+    folder = tmp_path_factory.mktemp("frozen")
+    torch.manual_seed(1)
+    torch.save(build_clip_model("tiny", "random").state_dict(), folder / "clip.pt")
+    model = tiny_maskclip(seed=2)
+    torch.save({"model": model.proposal_network.network.state_dict()}, folder / "proposals.pth")
+    return {"MODEL.CLIP.WEIGHTS": str(folder / "clip.pt"),
+            "MODEL.MASKCLIP.PROPOSAL_WEIGHTS": str(folder / "proposals.pth")}
+
+
+def tiny_maskclip(seed=0, **opts):
+    torch.manual_seed(seed)
+    cfg = get_maskclip_cfg(TINY, [str(x) for kv in opts.items() for x in kv])
+    return build_model(cfg)
+
+
+def saved_keys(path):
+    return set(torch.load(path, map_location="cpu", weights_only=True)["model"])
+
+
+def test_checkpoints_hold_what_trains_and_take_named_frozen_weights_from_the_config(tmp_path, frozen_files):
+    trained = tiny_maskclip(seed=3, **frozen_files)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(1.0)  # "trained" RMA weights, unlike any fresh model's
+    StrictCheckpointer(trained, str(tmp_path)).save("model")
+    keys = saved_keys(tmp_path / "model.pth")
+    assert keys and not any(k.startswith(FROZEN) for k in keys)
+    assert {n for n, p in trained.named_parameters() if p.requires_grad} <= keys
+    recorded = torch.load(tmp_path / "model.pth", weights_only=True)["weights_from_config"]
+    assert frozen_files["MODEL.CLIP.WEIGHTS"] in recorded["encoder.visual."]
+
+    # Loading into a model built from the same config restores everything, CLIP and the
+    # proposal network from the files the config names.
+    fresh = tiny_maskclip(seed=4, **frozen_files)
+    StrictCheckpointer(fresh).load(str(tmp_path / "model.pth"))
+    expected, actual = trained.state_dict(), fresh.state_dict()
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+    # Detectron2's full state dict, on request.
+    full = tiny_maskclip(seed=3, **frozen_files, **{"MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS": True})
+    StrictCheckpointer(full, str(tmp_path)).save("full")
+    assert saved_keys(tmp_path / "full.pth") == set(full.state_dict())
+
+
+def test_a_checkpoint_without_clip_needs_a_config_that_names_clip(tmp_path, frozen_files):
+    StrictCheckpointer(tiny_maskclip(**frozen_files), str(tmp_path)).save("model")
+    random_clip = tiny_maskclip(**{"MODEL.MASKCLIP.PROPOSAL_WEIGHTS": frozen_files["MODEL.MASKCLIP.PROPOSAL_WEIGHTS"]})
+    with pytest.raises(CheckpointMismatchError, match="MODEL.CLIP.WEIGHTS") as err:
+        StrictCheckpointer(random_clip).load(str(tmp_path / "model.pth"))
+    message = str(err.value)
+    assert "'encoder.visual.'" in message and "'text_encoder.'" in message
+    assert frozen_files["MODEL.CLIP.WEIGHTS"] in message  # what it was saved with
+
+
+def test_random_clip_is_saved_since_nothing_else_holds_it(tmp_path):
+    model = tiny_maskclip()
+    StrictCheckpointer(model, str(tmp_path)).save("model")
+    assert saved_keys(tmp_path / "model.pth") == set(model.state_dict())

@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import HookBase
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_coco_panoptic import register_all_coco_panoptic
+from maskclip_d2.modeling import build_clip_model
 from tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
 from tiny_datasets import SCENE_SIZE, run_prepare, write_coco_panoptic_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import train_net  # noqa: E402
+from maskclip_d2.modeling.text_encoder import TEXT_TOWER  # noqa: E402
 
 TINY = str(REPO / "configs/tiny/maskclip_tiny.yaml")
 TRAIN, TEST = "coco_2017_train_panoptic", "coco_2017_val_panoptic_with_sem_seg"
@@ -88,12 +90,14 @@ class RecordIterations(HookBase):
         self.record.append(self.trainer.iter)
 
 
+TRAINER_BUILD_HOOKS = train_net.Trainer.build_hooks
+
+
 def with_hooks(monkeypatch, *extra):
-    """Trainer.build_hooks returns Detectron2's hooks and then ``extra`` (replacing earlier
-    calls' extras)."""
-    build_hooks = DefaultTrainer.build_hooks
+    """Trainer.build_hooks returns its hooks (Detectron2's) and then ``extra`` (replacing
+    earlier calls' extras)."""
     monkeypatch.setattr(train_net.Trainer, "build_hooks",
-                        lambda self: build_hooks(self) + list(extra))
+                        lambda self: TRAINER_BUILD_HOOKS(self) + list(extra))
 
 
 def trainable_state(model):
@@ -154,6 +158,7 @@ def test_train_checkpoint_kill_resume_then_eval_only_gives_pq_miou_ap(scenes, tm
     assert trained and any(not torch.equal(final["model"][k], checkpoint["model"][k]) for k in trained)
 
     # --eval-only on the final checkpoint: PQ, mIoU and AP through Detectron2's evaluators.
+    # The test vocabulary is embedded first, then CLIP's text tower is freed (shape-only).
     tested = {}
     test = train_net.Trainer.test
     monkeypatch.setattr(train_net.Trainer, "test", classmethod(
@@ -161,13 +166,49 @@ def test_train_checkpoint_kill_resume_then_eval_only_gives_pq_miou_ap(scenes, tm
         and test(cfg, model, evaluators)))
     results = run_main("--eval-only", *opts(out, **{"DATASETS.TEST": f"('{TEST}',)",
                                                     "MODEL.WEIGHTS": out / "model_final.pth"}))
-    assert_state_equal(tested["model"], final["model"])
+    released = {k for k, v in tested["model"].items() if v.is_meta}
+    assert released == {k for k in final["model"] if k.startswith("text_encoder.")}
+    assert_state_equal({k: v for k, v in tested["model"].items() if k not in released},
+                       {k: v for k, v in final["model"].items() if k not in released})
     figures = {"PQ": results["panoptic_seg"]["PQ"], "mIoU": results["sem_seg"]["mIoU"],
                "AP": results["segm"]["AP"]}
     print(f"\n--eval-only after 4 iterations (random tiny CLIP): {figures}")
     for name, value in figures.items():
         assert math.isfinite(value) and 0 <= value <= 100, name
     assert (out / "inference" / "coco_instances_results.json").exists()
+
+
+def test_checkpoints_without_clip_resume_exactly_with_clip_from_the_config(scenes, tmp_path, monkeypatch):
+    """With MODEL.CLIP.WEIGHTS naming a file, checkpoints hold no CLIP weights, and --resume
+    restores the trained weights, CLIP's from the file and the optimizer exactly."""
+    torch.manual_seed(1)
+    clip_state = build_clip_model("tiny", "random").state_dict()
+    torch.save(clip_state, tmp_path / "clip.pt")
+    out = tmp_path / "out"
+    clip_opts = {"MODEL.CLIP.WEIGHTS": tmp_path / "clip.pt"}
+    run_main(*opts(out, **clip_opts, **{"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 1}))
+    saved = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert saved["iteration"] == 1
+    assert any("rma" in k for k in saved["model"])
+    assert not any(k.startswith(("encoder.visual.", "text_encoder.")) for k in saved["model"])
+
+    restored, iterations = {}, []
+
+    def spy(self, resume=True):
+        resume_or_load(self, resume)
+        restored.update(model=trainable_state(self.model), optimizer=copy.deepcopy(self.optimizer.state_dict()))
+
+    resume_or_load = train_net.Trainer.resume_or_load
+    monkeypatch.setattr(train_net.Trainer, "resume_or_load", spy)
+    with_hooks(monkeypatch, RecordIterations(iterations))
+    run_main("--resume", *opts(out, **clip_opts, **{"SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 1}))
+    assert iterations == [2]
+    clip_keys = {f"encoder.{k}" if k.startswith("visual.") else f"text_encoder.{k}": v
+                 for k, v in clip_state.items() if k.startswith(("visual.", *TEXT_TOWER))}
+    assert_state_equal(restored["model"], {**saved["model"], **clip_keys})
+    expected = optimizer_tensors(saved["trainer"]["_trainer"]["optimizer"])
+    assert expected and optimizer_tensors(restored["optimizer"]).keys() == expected.keys()
+    assert all(torch.equal(optimizer_tensors(restored["optimizer"])[k], v) for k, v in expected.items())
 
 
 # ---- 2. --num-gpus 2 on CPU ----------------------------------------------------------------

@@ -5,15 +5,21 @@ Inputs, for one image (M masks, K vocabulary classes, H x W the output resolutio
     mask_probs: (M, H, W) in [0, 1].
 Outputs follow Detectron2's format: ``sem_seg`` (K, H, W) scores; ``panoptic_seg`` a tuple
 (segment ids (H, W) int32, list of segment dicts); ``instances`` an ``Instances``.
+
+Work shared by the tasks is done once per image (``ImageMasks``: the binarised masks, their
+areas, Mask2Former's mask quality, their boxes), and nothing loops over masks or segments
+in Python except the assignment of segment ids; tests/modeling/test_postprocessing.py checks
+that the outputs equal those of the straightforward version (postprocessing_reference.py).
 """
+from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 
 __all__ = [
-    "semantic_inference", "panoptic_inference", "instance_inference", "OVERLAP_RULES",
-    "INSTANCE_THING_FILTERS",
+    "semantic_inference", "panoptic_inference", "instance_inference", "ImageMasks",
+    "mask_boxes", "OVERLAP_RULES", "INSTANCE_THING_FILTERS",
 ]
 
 # Panoptic overlap test: a kept mask's segment survives when area / original_area >= the
@@ -28,6 +34,53 @@ OVERLAP_RULES = ("mask2former", "visible")
 INSTANCE_THING_FILTERS = ("after_topk", "before_topk")
 
 
+class ImageMasks:
+    """One image's mask probabilities (M, H, W) and what several tasks read from them, each
+    computed on first use and kept: ``on`` (M, H, W) bool, mask >= 0.5; ``areas`` (M,) pixels
+    on; ``quality`` (M,) Mask2Former's mask score, the mean probability inside the mask;
+    ``boxes`` (M, 4) XYXY boxes of ``on`` (``mask_boxes``)."""
+
+    def __init__(self, probs: torch.Tensor):
+        self.probs = probs
+
+    @cached_property
+    def on(self) -> torch.Tensor:
+        return self.probs >= 0.5
+
+    @cached_property
+    def areas(self) -> torch.Tensor:
+        return torch.count_nonzero(self.on.flatten(1), dim=1)
+
+    @cached_property
+    def quality(self) -> torch.Tensor:
+        # where(on, p, 0) holds the same values as p * on, without a float copy of ``on``
+        inside = torch.where(self.on, self.probs, 0.0)
+        return inside.flatten(1).sum(1) / self.areas.clamp(min=1)
+
+    @cached_property
+    def boxes(self) -> torch.Tensor:
+        return mask_boxes(self.on)
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(M, 4) float32 tight XYXY boxes of (M, H, W) bool masks, all zero for an empty mask:
+    Detectron2's ``BitMasks.get_bounding_boxes``, without its loop over masks (and on the
+    masks' device)."""
+    def extent(any_on: torch.Tensor):  # (M, n) -> first index on, last index on + 1
+        n = any_on.shape[1]
+        index = torch.arange(n, device=any_on.device)
+        first = torch.where(any_on, index, n).min(1).values
+        last = torch.where(any_on, index, -1).max(1).values + 1
+        return first, last
+
+    if masks.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    x_on, y_on = masks.any(dim=1), masks.any(dim=2)
+    (x0, x1), (y0, y1) = extent(x_on), extent(y_on)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    return torch.where(x_on.any(1)[:, None], boxes, torch.zeros_like(boxes))
+
+
 def semantic_inference(class_probs: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
     """Per-pixel class scores (K, H, W): each mask votes for its classes where it is on."""
     return torch.einsum("mk,mhw->khw", class_probs[:, :-1], mask_probs)
@@ -40,6 +93,7 @@ def panoptic_inference(
     object_mask_threshold: float,
     overlap_threshold: float,
     overlap_rule: str = "mask2former",
+    masks: Optional[ImageMasks] = None,
 ) -> Tuple[torch.Tensor, List[Dict]]:
     """Non-overlapping segments: each pixel goes to the kept mask with the highest
     score x mask probability; stuff segments of one class are merged.
@@ -50,6 +104,7 @@ def panoptic_inference(
         overlap_threshold: a segment is dropped when less than this fraction of its mask
             (mask_prob >= 0.5) survives the per-pixel assignment.
         overlap_rule: how the surviving fraction is counted, one of ``OVERLAP_RULES``.
+        masks: ``ImageMasks(mask_probs)``, shared with the other tasks (default: a new one).
     Returns:
         (segment ids (H, W) int32 with 0 = void, segments_info) as Detectron2's
         ``panoptic_seg``; segment dicts have ``id``, ``category_id`` (0-based vocabulary
@@ -57,24 +112,29 @@ def panoptic_inference(
     """
     if overlap_rule not in OVERLAP_RULES:
         raise ValueError(f"overlap_rule must be one of {OVERLAP_RULES}, got {overlap_rule!r}")
+    if masks is None or masks.probs.device != mask_probs.device:  # (retry_if_cuda_oom moves mask_probs)
+        masks = ImageMasks(mask_probs)
     height, width = mask_probs.shape[-2:]
     scores, labels = class_probs.max(-1)
     num_classes = class_probs.shape[-1] - 1
-    keep = (labels != num_classes) & (scores > object_mask_threshold)
-    scores, labels, mask_probs = scores[keep], labels[keep], mask_probs[keep]
+    kept = torch.nonzero((labels != num_classes) & (scores > object_mask_threshold)).flatten()
+    scores, labels = scores[kept], labels[kept]
 
     panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_probs.device)
     segments_info: List[Dict] = []
     if len(scores) == 0:
         return panoptic_seg, segments_info
 
-    owner = (scores[:, None, None] * mask_probs).argmax(0)  # (H, W) index of the winning mask
-    mask_ids = torch.arange(len(scores), device=owner.device)
-    owned = owner[None] == mask_ids[:, None, None]  # (M', H, W)
-    on = mask_probs >= 0.5
-    areas = (owned & on).flatten(1).sum(1)  # the pixels the segment gets
-    original_areas = on.flatten(1).sum(1)
-    won_areas = owned.flatten(1).sum(1) if overlap_rule == "mask2former" else areas
+    # (H, W) index (among the kept masks) of the mask with the highest score x probability
+    owner = mask_probs[kept].mul_(scores[:, None, None]).argmax(0)
+    owner_is_on = masks.on.gather(0, kept[owner][None])[0]  # the winning mask is on there
+    # Per-mask pixel counts by one bincount each instead of an (M', H, W) comparison.
+    areas = torch.bincount(owner[owner_is_on], minlength=len(kept))  # the pixels the segment gets
+    original_areas = masks.areas[kept]
+    if overlap_rule == "mask2former":
+        won_areas = torch.bincount(owner.flatten(), minlength=len(kept))
+    else:
+        won_areas = areas
     survives = (areas > 0) & (original_areas > 0)
     survives &= won_areas >= overlap_threshold * original_areas.clamp(min=1)
 
@@ -100,7 +160,6 @@ def panoptic_inference(
         if not thing:
             stuff_segment_of_class[category] = segment_of_mask[m]
     segment_ids = torch.tensor(segment_of_mask, dtype=torch.int32, device=owner.device)
-    owner_is_on = on.gather(0, owner[None])[0]
     panoptic_seg = torch.where(owner_is_on, segment_ids[owner], panoptic_seg)
     return panoptic_seg, segments_info
 
@@ -111,6 +170,7 @@ def instance_inference(
     max_detections: int,
     is_thing: Optional[torch.Tensor] = None,
     thing_filter: str = "after_topk",
+    masks: Optional[ImageMasks] = None,
 ) -> Instances:
     """Top-``max_detections`` (mask, class) pairs by class score x mask quality.
 
@@ -121,12 +181,15 @@ def instance_inference(
             segmentation of a panoptic vocabulary, as COCO's instance AP counts things only);
             None or no thing at all: every class.
         thing_filter: when the things are kept, one of ``INSTANCE_THING_FILTERS``.
+        masks: ``ImageMasks(mask_probs)``, shared with the other tasks (default: a new one).
     Returns:
         Instances with ``pred_masks`` (N, H, W) bool, ``pred_boxes``, ``scores`` and
         ``pred_classes`` (0-based vocabulary indices).
     """
     if thing_filter not in INSTANCE_THING_FILTERS:
         raise ValueError(f"thing_filter must be one of {INSTANCE_THING_FILTERS}, got {thing_filter!r}")
+    if masks is None or masks.probs.device != mask_probs.device:  # (retry_if_cuda_oom moves mask_probs)
+        masks = ImageMasks(mask_probs)
     height, width = mask_probs.shape[-2:]
     classes = torch.arange(class_probs.shape[1] - 1, device=class_probs.device)
     filter_things = is_thing is not None and bool(is_thing.any())
@@ -142,13 +205,10 @@ def instance_inference(
         keep = is_thing.to(labels.device)[labels]
         top_scores, mask_index, labels = top_scores[keep], mask_index[keep], labels[keep]
 
-    masks = mask_probs[mask_index]
-    binary = masks >= 0.5
-    mask_quality = (masks * binary).flatten(1).sum(1) / binary.flatten(1).sum(1).clamp(min=1)
-
+    # Quality and boxes once per mask (a mask may be detected with several classes).
     result = Instances((height, width))
-    result.pred_masks = binary
-    result.pred_boxes = BitMasks(binary).get_bounding_boxes()
-    result.scores = top_scores * mask_quality
+    result.pred_masks = masks.on[mask_index]
+    result.pred_boxes = Boxes(masks.boxes[mask_index])
+    result.scores = top_scores * masks.quality[mask_index]
     result.pred_classes = labels
     return result

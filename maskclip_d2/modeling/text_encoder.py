@@ -8,10 +8,18 @@
   each synonym gets its ensemble embedding, and the class embedding is their normalised mean.
 * Embeddings are cached per (class names, templates) on this module, so a repeated
   vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
-  dict is loaded into the module, and keyed by device and dtype too.
+  dict is loaded into the module and when the tower's dtype changes.
 * Precomputed or custom text embeddings: ``set_class_embeddings(names, embeddings)`` gives
   names their embeddings directly (e.g. from a prompt-engineered run saved to disk, or built
   for a test); those names never go through the text tower until ``clear_class_embeddings``.
+* Where the text tower lives. It is needed only to embed vocabularies not seen yet, so it
+  can live where it costs least: ``tower_device="cpu"`` keeps it on the CPU whatever device
+  the rest of the model is moved to (it visits the image side's device to embed, then goes
+  back), and ``release_tower()`` frees its weights once the vocabularies are fixed (e.g. for
+  an evaluation), keeping the cached embeddings. A vocabulary not embedded yet then rebuilds
+  the tower with ``tower_loader`` (the CLIP weights the config names); without one (random
+  CLIP weights) it is an error that says so. Outputs do not change: the embeddings are
+  computed on the same device and from the same weights as without these options.
 * Logits are cosine similarities divided by a temperature (default 0.01, the authors').
 * No-object: for training (CE over the vocabulary + no-object), ``no_object=True`` appends
   one more column, the logit of a no-object class whose text is ``no_object_name``
@@ -19,7 +27,7 @@
   CLIP's image-text space alone and the score exists for any vocabulary.
 """
 import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import clip
 import torch
@@ -29,9 +37,12 @@ from torch import nn
 
 from detectron2.config import configurable
 
+__all__ = ["CLIPTextEncoder", "check_vocabulary"]
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPTextEncoder", "check_vocabulary"]
+# The modules and parameters of CLIP's text tower, as ``clip.model.CLIP`` names them.
+TEXT_TOWER = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
 
 
 class CLIPTextEncoder(nn.Module):
@@ -51,6 +62,8 @@ class CLIPTextEncoder(nn.Module):
         no_object_name: str = "other",
         split_synonyms: bool = False,
         batch_size: int = 256,
+        tower_device: Optional[str] = None,
+        tower_loader: Optional[Callable[[], CLIP]] = None,
     ):
         """
         Args:
@@ -61,6 +74,12 @@ class CLIPTextEncoder(nn.Module):
             split_synonyms: False: each class name is one prompt (the authors'); True: "a, b"
                 are synonyms whose embeddings are averaged.
             batch_size: prompts per text-tower forward pass.
+            tower_device: None: the tower moves with the module (``.to``, ``.cuda``), as any
+                module does; a device (e.g. "cpu"): the tower stays there and visits the
+                device of the image features only while it embeds a vocabulary.
+            tower_loader: returns a CLIP with the same text tower (e.g. reloads the CLIP
+                weights the config names); lets ``release_tower`` be undone when a new
+                vocabulary comes. None: a released tower cannot be rebuilt.
         """
         super().__init__()
         self.prompt_templates = tuple(prompt_templates)
@@ -81,28 +100,90 @@ class CLIPTextEncoder(nn.Module):
         self.split_synonyms = split_synonyms
         self.batch_size = batch_size
         self.context_length = clip_model.context_length
-
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.requires_grad_(False)
-        self.eval()
+        self.tower_device = None if tower_device is None else torch.device(tower_device)
+        self.tower_loader = tower_loader
+        self.tower_released = False
+        self._take_tower(clip_model)
 
         self._cache: Dict[Tuple, torch.Tensor] = {}
         self._class_embeddings: Dict[str, torch.Tensor] = {}  # set_class_embeddings
         self.register_load_state_dict_pre_hook(self._clear_cache)
 
+    def _take_tower(self, clip_model: CLIP) -> None:
+        """Uses ``clip_model``'s text modules (in place), frozen and in eval mode."""
+        for name in TEXT_TOWER:
+            setattr(self, name, getattr(clip_model, name))
+        self.requires_grad_(False)
+        self.eval()
+        if self.tower_device is not None:
+            self._move_tower(self.tower_device)
+
     @classmethod
-    def from_config(cls, cfg, clip_model):
+    def from_config(cls, cfg, clip_model, tower_loader=None):
         return {
             "clip_model": clip_model,
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
             "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
             "split_synonyms": cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS,
+            "tower_device": cfg.MODEL.CLIP.TEXT_TOWER_DEVICE or None,
+            "tower_loader": tower_loader,
         }
+
+    # ---- where the tower lives ---------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        """``.to`` / ``.cuda`` / ``.half`` ...: a pinned tower (``tower_device``) keeps its
+        device and takes only the dtype (of a float32 tensor under ``fn``); a released tower
+        has nothing to convert. A dtype change empties the cache (embeddings of another
+        precision)."""
+        dtype = fn(torch.empty(0)).dtype
+        if dtype != self.text_projection.dtype:
+            self._cache.clear()
+        if self.tower_released:
+            self._released_dtype = dtype
+            return self
+        if self.tower_device is None:
+            return super()._apply(fn, recurse)
+        # Only the dtype is taken from fn: the tower never leaves its device, even briefly.
+        return super()._apply(
+            lambda t: t.to(self.tower_device, dtype if t.is_floating_point() else t.dtype), recurse
+        )
+
+    def _move_tower(self, device) -> None:
+        nn.Module._apply(self, lambda t: t.to(device))
+
+    @property
+    def tower_home(self) -> torch.device:
+        """The device the tower lives on between embeddings."""
+        return self.text_projection.device
+
+    def release_tower(self) -> None:
+        """Frees the text tower's weights (they become shape-only "meta" tensors), keeping
+        the cached embeddings: for when every vocabulary to come is embedded already (e.g.
+        ``MaskCLIP.fix_vocabularies`` before an evaluation). A vocabulary not in the cache
+        rebuilds the tower with ``tower_loader``. Not to be saved in between: a released
+        tower's state dict holds no values."""
+        if self.tower_released:
+            return
+        self._released_home = self.tower_home
+        self._released_dtype = self.text_projection.dtype
+        self._move_tower("meta")
+        self.tower_released = True
+
+    def _restore_tower(self) -> None:
+        if self.tower_loader is None:
+            raise RuntimeError(
+                "CLIP's text tower was released after embedding the fixed vocabularies "
+                "(MODEL.CLIP.RELEASE_TEXT_TOWER) and cannot be rebuilt to embed a new one: its "
+                "weights are random (MODEL.CLIP.WEIGHTS 'random') or no tower_loader was given. "
+                "Name the CLIP weights, or set MODEL.CLIP.RELEASE_TEXT_TOWER False."
+            )
+        logger.info("Rebuilding CLIP's released text tower to embed a new vocabulary")
+        home, dtype = self._released_home, self._released_dtype
+        self.tower_released = False
+        self._take_tower(self.tower_loader())
+        self._move_tower(home)
+        nn.Module._apply(self, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: always in inference mode
@@ -127,22 +208,32 @@ class CLIPTextEncoder(nn.Module):
                 f"that class or choose another no_object_name"
             )
         # Cached separately, so the vocabulary's embeddings serve with and without no-object.
-        text = self._embeddings(class_names)
+        text = self._embeddings(class_names, features.device)
         if no_object:
-            text = torch.cat([text, self._embeddings((self.no_object_name,))])
+            text = torch.cat([text, self._embeddings((self.no_object_name,), features.device)])
         image = F.normalize(features.float(), dim=-1)
         return image @ text.to(image.device).T / self.temperature
 
-    def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
-        """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
-        return self._embeddings(check_vocabulary(class_names))
+    def encode_vocabulary(self, class_names: Sequence[str], device=None) -> torch.Tensor:
+        """(C, E) float32 unit-norm text embeddings of the class names (cached), computed on
+        ``device`` (default: where the tower is) if not cached yet."""
+        return self._embeddings(check_vocabulary(class_names), device)
 
-    def _embeddings(self, names: Tuple[str, ...]) -> torch.Tensor:
+    def _embeddings(self, names: Tuple[str, ...], device=None) -> torch.Tensor:
         """``encode_vocabulary`` of names already checked."""
-        device, dtype = self.text_projection.device, self.text_projection.dtype
-        key = (names, self.prompt_templates, self.split_synonyms, str(device), dtype)
+        key = (names, self.prompt_templates, self.split_synonyms)
         if key not in self._cache:
-            self._cache[key] = self._encode_names(names)
+            if self.tower_released and any(n not in self._class_embeddings for n in names):
+                self._restore_tower()
+            home = self.tower_home
+            device = home if device is None else torch.device(device)
+            if device != home:  # the tower visits the image side's device, then goes home
+                self._move_tower(device)
+            try:
+                self._cache[key] = self._encode_names(names)
+            finally:
+                if device != home:
+                    self._move_tower(home)
         return self._cache[key]
 
     def set_class_embeddings(self, class_names: Sequence[str], embeddings: torch.Tensor) -> None:
@@ -223,6 +314,8 @@ class CLIPTextEncoder(nn.Module):
 
     def _clear_cache(self, *args):
         self._cache.clear()  # the weights are about to change
+        if self.tower_released:
+            self._restore_tower()  # something to load them into
 
 
 def check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:

@@ -151,3 +151,27 @@ def test_training_free_modes_refuse_to_train():
     masks = two_rectangles(64, 64)
     with pytest.raises(RuntimeError, match="nothing to train"):
         model([image_input(64, 64, masks, [0, 3])])
+
+
+@torch.no_grad()
+def test_fixed_vocabularies_free_the_text_tower_and_outputs_do_not_change():
+    resident = tiny_model("MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", False)
+    model = tiny_model()
+    assert model.text_encoder.tower_device == torch.device("cpu")
+    inputs = [image_input(48, 64)]
+    expected = resident(inputs)[0]
+    model.fix_vocabularies([VOCABULARY, ["cat", "dog"]])
+    assert model.text_encoder.tower_released
+    assert all(p.is_meta for p in model.text_encoder.parameters())
+    for vocabulary in (VOCABULARY, ["cat", "dog"]):
+        model.set_vocabulary(vocabulary)
+        resident.set_vocabulary(vocabulary)
+        expected, actual = resident(inputs)[0], model(inputs)[0]
+        assert torch.equal(actual["sem_seg"], expected["sem_seg"])
+        assert torch.equal(actual["panoptic_seg"][0], expected["panoptic_seg"][0])
+        assert actual["panoptic_seg"][1] == expected["panoptic_seg"][1]
+        assert torch.equal(actual["instances"].scores, expected["instances"].scores)
+    # Random CLIP weights cannot be rebuilt for a vocabulary not embedded before.
+    model.set_vocabulary(["rocket"])
+    with pytest.raises(RuntimeError, match="MODEL.CLIP.WEIGHTS 'random'"):
+        model(inputs)

@@ -204,3 +204,69 @@ def test_names_longer_than_clips_context_are_cut_with_a_warning(clip_model, capl
     # Encoded as CLIP cuts it: the first 75 tokens between start and end of text.
     cut = clip.tokenize([long_name], truncate=True)
     assert torch.allclose(text[2], F.normalize(clip_model.encode_text(cut), dim=-1)[0], atol=1e-5)
+
+
+# ---- where the text tower lives ---------------------------------------------------------------
+def tower_tensors(encoder):
+    return list(encoder.parameters())
+
+
+def test_a_pinned_tower_keeps_its_device_takes_the_dtype_and_its_embeddings(clip_model):
+    encoder = CLIPTextEncoder(copy.deepcopy(clip_model), tower_device="cpu")
+    names = ["cat", "sky"]
+    before = encoder.encode_vocabulary(names)
+    # Moving the module elsewhere ("meta" stands for CUDA on a CPU-only machine) leaves the
+    # tower where it lives, and the cached embeddings valid.
+    holder = torch.nn.ModuleDict({"text": encoder, "other": torch.nn.Linear(2, 2)}).to("meta")
+    assert holder["other"].weight.is_meta
+    assert all(t.device.type == "cpu" for t in tower_tensors(encoder))
+    assert torch.equal(encoder.encode_vocabulary(names), before)
+    # A dtype change reaches the tower and empties the cache.
+    encoder.double()
+    assert all(t.dtype == torch.float64 and t.device.type == "cpu" for t in tower_tensors(encoder))
+    encoder.float()
+    calls = count_text_forwards(encoder)
+    assert torch.equal(encoder.encode_vocabulary(names), before) and calls
+
+
+def test_a_released_tower_keeps_the_embeddings_and_is_rebuilt_for_a_new_vocabulary(clip_model):
+    reference = CLIPTextEncoder(clip_model)
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return copy.deepcopy(clip_model)
+
+    encoder = CLIPTextEncoder(copy.deepcopy(clip_model), tower_loader=loader)
+    fixed, new = ["cat", "traffic light"], ["dog", "sky"]
+    features = torch.randn(2, 3, clip_model.text_projection.shape[1])
+    expected = reference(features, fixed, no_object=True)
+    assert torch.equal(encoder(features, fixed, no_object=True), expected)
+    encoder.release_tower()
+    assert encoder.tower_released and all(t.is_meta for t in tower_tensors(encoder))
+    # The fixed vocabulary (and no-object) comes from the cache: same logits, no rebuild.
+    assert torch.equal(encoder(features, fixed, no_object=True), expected) and not loads
+    # A new vocabulary rebuilds the tower once, with the same weights.
+    assert torch.equal(encoder.encode_vocabulary(new), reference.encode_vocabulary(new))
+    assert loads == [1] and not encoder.tower_released
+    assert not any(t.is_meta for t in tower_tensors(encoder))
+
+
+def test_a_released_tower_that_cannot_be_rebuilt_says_what_to_do(clip_model):
+    encoder = CLIPTextEncoder(copy.deepcopy(clip_model))
+    encoder.encode_vocabulary(["cat"])
+    encoder.release_tower()
+    assert torch.equal(encoder.encode_vocabulary(["cat"]), CLIPTextEncoder(clip_model).encode_vocabulary(["cat"]))
+    with pytest.raises(RuntimeError, match="RELEASE_TEXT_TOWER False"):
+        encoder.encode_vocabulary(["dog"])
+
+
+def test_loading_weights_into_a_released_tower_rebuilds_it_first(clip_model):
+    other = copy.deepcopy(clip_model)
+    with torch.no_grad():
+        other.text_projection.mul_(-1)
+    encoder = CLIPTextEncoder(copy.deepcopy(clip_model), tower_loader=lambda: copy.deepcopy(clip_model))
+    encoder.encode_vocabulary(["cat"])
+    encoder.release_tower()
+    encoder.load_state_dict(CLIPTextEncoder(other).state_dict())
+    assert torch.equal(encoder.encode_vocabulary(["cat"]), CLIPTextEncoder(other).encode_vocabulary(["cat"]))

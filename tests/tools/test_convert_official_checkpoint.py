@@ -171,12 +171,25 @@ def test_authors_checkpoint_converts_loads_strictly_and_matches_their_forward(tm
     torch.save({"model": proposal_file}, tmp_path / "mask_proposal_network.pth")
     torch.save(clip_model.state_dict(), tmp_path / "clip.pt")
 
+    # Default: the layout of our training checkpoints, without CLIP's frozen weights (their
+    # image tower, checked against --clip-weights first; MODEL.CLIP.WEIGHTS provides them).
+    inputs = ["--maskclip", str(tmp_path / "model_final.pth"), "--proposals",
+              str(tmp_path / "mask_proposal_network.pth"), "--clip-weights", str(tmp_path / "clip.pt")]
+    assert convert.main([*inputs, "--output", str(tmp_path / "slim.pth")], target_state=model.state_dict()) == 0
+    slim = torch.load(tmp_path / "slim.pth", weights_only=True)["model"]
+    assert set(slim) == {k for k in model.state_dict() if not k.startswith(convert.CLIP_PREFIXES)
+                         and not k.endswith("criterion.empty_weight")}  # (a loss buffer, from the config)
+    # ... refused when their image tower is not that CLIP's.
+    torch.save(SMALL.build().state_dict(), tmp_path / "other_clip.pt")
+    other = [*inputs[:-1], str(tmp_path / "other_clip.pt"), "--output", str(tmp_path / "other.pth")]
+    assert convert.main(other, target_state=model.state_dict()) == 1
+    assert not (tmp_path / "other.pth").exists()
+
+    # --with-clip: self-contained, their image tower and CLIP's text tower included.
     out = tmp_path / "converted.pth"
-    argv = ["--maskclip", str(tmp_path / "model_final.pth"), "--proposals",
-            str(tmp_path / "mask_proposal_network.pth"), "--clip-weights", str(tmp_path / "clip.pt"),
-            "--output", str(out)]
-    assert convert.main(argv, target_state=model.state_dict()) == 0
+    assert convert.main([*inputs, "--with-clip", "--output", str(out)], target_state=model.state_dict()) == 0
     converted = torch.load(out, weights_only=True)["model"]
+    assert all(torch.equal(converted[k], v) for k, v in slim.items())
     model.load_state_dict(converted, strict=True)  # every key, every shape
 
     # Values went where the mapping says.
@@ -234,14 +247,16 @@ def test_refuses_pickles_unknown_and_missing_keys_and_writes_nothing(tmp_path, c
 
     # An unknown key and a missing key are listed, and stop the conversion.
     torch.save({"maskclip.visual.proj": torch.zeros(4, 2), "maskclip.extra.weight": torch.zeros(3)}, tmp_path / "a.pth")
-    assert convert.main(["--maskclip", str(tmp_path / "a.pth"), "--output", str(out)], target) == 1
+    # (--with-clip: these CLIP keys belong in the output.)
+    assert convert.main(["--maskclip", str(tmp_path / "a.pth"), "--with-clip", "--output", str(out)], target) == 1
     printed = capsys.readouterr()
     assert "maskclip.extra.weight" in printed.out and "encoder.visual.ln_post.weight" in printed.out
     assert "nothing written" in printed.err
 
     # A shape mismatch stops it even with both --allow flags.
     torch.save({"maskclip.visual.proj": torch.zeros(4, 3)}, tmp_path / "b.pth")
-    argv = ["--maskclip", str(tmp_path / "b.pth"), "--output", str(out), "--allow-missing", "--allow-unknown"]
+    argv = ["--maskclip", str(tmp_path / "b.pth"), "--with-clip", "--output", str(out), "--allow-missing",
+            "--allow-unknown"]
     assert convert.main(argv, target) == 1
     assert "encoder.visual.proj" in capsys.readouterr().out
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth", "pickled.pth"]

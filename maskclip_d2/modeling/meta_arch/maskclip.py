@@ -31,6 +31,7 @@ from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import (
     INSTANCE_THING_FILTERS,
     OVERLAP_RULES,
+    ImageMasks,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -82,9 +83,12 @@ def vocabulary_from_metadata(metadata):
 
 
 def resize_masks(masks: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
-    """(M, h, w) -> (M, *size), any M >= 0."""
+    """(M, h, w) -> (M, *size), any M >= 0; the masks themselves when already of that size
+    (what interpolating to the same size gives)."""
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size))
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
     align = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(masks[None], size, mode=mode, **align)[0]
 
@@ -129,6 +133,10 @@ class MaskCLIP(nn.Module):
         clip_interpolation: str = "bicubic",
         pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
         size_divisibility: int = 32,
+        clip_weights: Optional[str] = None,
+        proposal_weights: Optional[str] = None,
+        frozen_weights_in_checkpoints: bool = True,
+        release_text_tower: bool = False,
     ):
         """
         Args:
@@ -154,6 +162,13 @@ class MaskCLIP(nn.Module):
             pixel_mean: the padding value of "padded_batch" (the proposal network's pixel mean
                 in ``input_format`` order, 0-255: its normalised padding is 0).
             size_divisibility: the padded batch's sides are multiples of this.
+            clip_weights: where CLIP's weights come from, as the config names them (e.g.
+                "MODEL.CLIP.WEIGHTS '' (official ViT-L/14@336px)"); None: nothing names them
+                (random weights), so only a checkpoint can hold them.
+            proposal_weights: the same for the proposal network's weights.
+            frozen_weights_in_checkpoints: checkpoints hold the frozen weights even when the
+                config names them (see ``weights_from_config``).
+            release_text_tower: ``fix_vocabularies`` frees the text tower after embedding.
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
@@ -192,6 +207,10 @@ class MaskCLIP(nn.Module):
         self.clip_interpolation = clip_interpolation
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.clip_weights = clip_weights
+        self.proposal_weights = proposal_weights
+        self.frozen_weights_in_checkpoints = frozen_weights_in_checkpoints
+        self.release_text_tower = release_text_tower
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.set_vocabulary(vocabulary, is_thing)
@@ -214,15 +233,24 @@ class MaskCLIP(nn.Module):
                 "or list class names (or one preset name) in MODEL.MASKCLIP.VOCABULARY"
             )
 
-        clip_model = build_clip_model(
-            cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None,
-            architecture=clip_architecture_from_cfg(cfg),
-        )
+        clip_name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
+        cache_dir = cfg.MODEL.CLIP.CACHE_DIR or None
+        architecture = clip_architecture_from_cfg(cfg)
+        clip_model = build_clip_model(clip_name, weights, cache_dir=cache_dir, architecture=architecture)
         if mc.MODE == "baseline":
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
         else:
             encoder = MaskCLIPVisualEncoder(cfg, clip_model.visual)
-        text_encoder = CLIPTextEncoder(cfg, clip_model)
+        if weights == "random":
+            clip_weights, tower_loader = None, None
+        else:
+            clip_weights = f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {clip_name})" if not weights else "")
+
+            def tower_loader():
+                return build_clip_model(clip_name, weights, cache_dir=cache_dir, architecture=architecture)
+
+        text_encoder = CLIPTextEncoder(cfg, clip_model, tower_loader=tower_loader)
+        del clip_model  # its towers live on in the encoders
 
         criterion = None
         if mc.MODE == "rma":
@@ -257,6 +285,13 @@ class MaskCLIP(nn.Module):
             "clip_interpolation": mc.CLIP_INTERPOLATION,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "size_divisibility": size_divisibility,
+            "clip_weights": clip_weights,
+            "proposal_weights": (
+                f"MODEL.MASKCLIP.PROPOSAL_WEIGHTS {mc.PROPOSAL_WEIGHTS!r}"
+                if mc.PROPOSAL_WEIGHTS and mc.PROPOSAL_NETWORK != "gt" else None
+            ),
+            "frozen_weights_in_checkpoints": mc.FROZEN_WEIGHTS_IN_CHECKPOINTS,
+            "release_text_tower": cfg.MODEL.CLIP.RELEASE_TEXT_TOWER,
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -278,6 +313,48 @@ class MaskCLIP(nn.Module):
 
     def set_vocabulary_from_metadata(self, metadata):
         self.set_vocabulary(*vocabulary_from_metadata(metadata))
+
+    def fix_vocabularies(self, vocabularies: Sequence[Sequence[str]]) -> None:
+        """Embeds these vocabularies (and the no-object text) now, on the model's device, and
+        with ``release_text_tower`` frees CLIP's text tower: for an evaluation, whose
+        vocabularies are known in advance. The cached embeddings serve every forward after;
+        another vocabulary later rebuilds the tower from the CLIP weights the config names.
+        Call it after loading a checkpoint (loading may change the tower)."""
+        for names in [*vocabularies, [self.text_encoder.no_object_name]]:
+            self.text_encoder.encode_vocabulary(names, self.device)
+        if self.release_text_tower:
+            self.text_encoder.release_tower()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    # State-dict prefixes of the frozen weights: CLIP's (image tower, text tower) and the
+    # proposal network's.
+    CLIP_PREFIXES = ("encoder.visual.", "text_encoder.")
+    PROPOSAL_PREFIX = "proposal_network."
+
+    def weights_from_config(self) -> Dict[str, Optional[str]]:
+        """{state-dict prefix: where the config takes those weights from, or None if it
+        names nothing}: the frozen weights a checkpoint may lack (``StrictCheckpointer``
+        then keeps the config's)."""
+        sources = {prefix: self.clip_weights for prefix in self.CLIP_PREFIXES}
+        sources[self.PROPOSAL_PREFIX] = self.proposal_weights
+        return sources
+
+    def weights_left_out_of_checkpoints(self) -> Tuple[str, ...]:
+        """State-dict prefixes ``StrictCheckpointer.save`` leaves out: the frozen weights the
+        config names (CLIP: 1.7 GB at ViT-L/14@336px; the R50 Mask2Former: 0.18 GB), unless
+        ``frozen_weights_in_checkpoints``."""
+        if self.frozen_weights_in_checkpoints:
+            return ()
+        return tuple(p for p, source in self.weights_from_config().items() if source is not None)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> List[str]:
+        """Read by DistributedDataParallel: a text tower kept on the CPU while the rest runs on
+        CUDA stays out of DDP (which needs one device type; the tower is frozen and loaded
+        alike on every rank)."""
+        if self.text_encoder.tower_home.type == self.device.type:
+            return []
+        return ["text_encoder." + n for n, _ in self.text_encoder.named_parameters()]
 
     # ---- forward ---------------------------------------------------------------------------
     @property
@@ -364,24 +441,29 @@ class MaskCLIP(nn.Module):
                     # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
                     masks = resize_masks(masks, padded_size)
                     masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
-                mask_probs = resize_masks(masks, (height, width)).sigmoid()
+                mask_logits_b = resize_masks(masks, (height, width))
+                if mask_logits_b.untyped_storage().data_ptr() == output_masks.untyped_storage().data_ptr():
+                    mask_probs = mask_logits_b.sigmoid()  # the encoder's own tensor: not in place
+                else:
+                    mask_probs = mask_logits_b.sigmoid_()  # a resized copy: no second (M, H, W) tensor
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
 
     def inference_one(self, class_probs: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
         result = {}
+        masks = ImageMasks(mask_probs)  # what panoptic and instance inference share
         if self.semantic_on:
             result["sem_seg"] = retry_if_cuda_oom(semantic_inference)(class_probs, mask_probs)
         if self.panoptic_on:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 class_probs, mask_probs, self.is_thing, self.object_mask_threshold,
-                self.overlap_threshold, self.overlap_rule,
+                self.overlap_threshold, self.overlap_rule, masks,
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
                 class_probs, mask_probs, self.detections_per_image, self.is_thing,
-                self.instance_thing_filter,
+                self.instance_thing_filter, masks,
             )
         return result
 
