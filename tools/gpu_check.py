@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import importlib.util
 import itertools
 import json
 import logging
@@ -146,8 +147,7 @@ class Report:
         self.lines.append(message)
 
     def save(self) -> None:
-        from maskclip_d2.utils import atomic_write
-
+        atomic_write = _file_io().atomic_write
         self.data["saved"] = _now()
         with atomic_write(self.output) as tmp:
             with open(tmp, "w") as f:
@@ -171,6 +171,16 @@ class Report:
         self.data["sections"][name] = result
         self.log(f"-- {name}: {result['status']} ({result['seconds']} s)")
         self.save()
+
+
+def _file_io():
+    """maskclip_d2/utils/file_io.py read on its own: the report is saved even when the package
+    (detectron2, clip, ...) fails to import, which is then what the report says."""
+    spec = importlib.util.spec_from_file_location(
+        "maskclip_d2_file_io", os.path.join(REPO, "maskclip_d2", "utils", "file_io.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _now() -> str:

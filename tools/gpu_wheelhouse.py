@@ -2,7 +2,7 @@
 """The wheels a GPU machine lacks for ``tools/gpu_check.py``: built here, installed there.
 
 The lent GPU machine (see the README, "GPU figures") has Python 3.12 with PyTorch, torchvision,
-NumPy 2, SciPy, Pillow and OpenCV, but none of detectron2, fvcore, iopath, pycocotools,
+NumPy 2, SciPy, Pillow and OpenCV (``PRESENT``), but none of detectron2, fvcore, iopath, pycocotools,
 openai-clip, panopticapi or lvis, and it reaches no package index. So:
 
   here, once, with the project's venv and the package index:
@@ -71,16 +71,18 @@ PRESENT: Dict[str, str] = {
     "numpy": "numpy",
     "scipy": "scipy",
     "pillow": "PIL",
+    "opencv-python": "cv2",  # detectron2's point_rend project imports it; lvis requires it
 }
 
 # Requirements of carried wheels that nothing gpu_check runs imports (checked by ``prepare``).
 NOT_NEEDED = {
     "matplotlib": "detectron2's Visualizer and lvis' plots: not used by gpu_check",
     "tensorboard": "detectron2's TensorboardXWriter: not used by gpu_check",
-    "opencv-python": "lvis' visualisation only; OpenCV is on the GPU machine anyway",
     "packaging": "imported by setuptools' pkg_resources from its own vendored copy",
     "typing-extensions": "on the GPU machine (a requirement of torch)",
     "importlib-resources": "backport for Python < 3.9",
+    "scikit-image": "declared by panopticapi-lite, imported by none of its modules",
+    "platformdirs": "declared by panopticapi-lite, imported by none of its modules",
 }
 
 
@@ -88,8 +90,13 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+def _pip(*args: str, quiet_failure: bool = False) -> None:
+    """``python -m pip ARGS``; with ``quiet_failure`` its output is captured (the caller has
+    another way when it fails)."""
+    run = subprocess.run([sys.executable, "-m", "pip", *args],
+                         capture_output=quiet_failure, text=True)
+    if run.returncode:
+        raise subprocess.CalledProcessError(run.returncode, run.args, run.stdout, run.stderr)
 
 
 def _our_wheels(cache_dir: Path) -> List[Path]:
@@ -155,7 +162,8 @@ def prepare(folder: Path, cache_dir: Path) -> Dict:
             spec = f"{dist}=={metadata.version(dist)}"
             try:
                 _pip("download", "--quiet", "--no-deps", "--only-binary=:all:",
-                     "--python-version", PYTHON_VERSION, "--dest", str(build), spec)
+                     "--python-version", PYTHON_VERSION, "--dest", str(build), spec,
+                     quiet_failure=True)
             except subprocess.CalledProcessError:
                 print(f"[wheelhouse] no wheel of {spec} for Python {PYTHON_VERSION}: building one")
                 _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(build), spec)
@@ -219,7 +227,8 @@ def install(folder: Path, target: Path) -> Dict:
     (pip --no-index --no-deps) and puts ``target`` first on ``sys.path``. Raises
     RuntimeError, before anything is installed, when the wheelhouse is not one of ours or a
     module expected on the machine is missing. Returns what it found and did."""
-    manifest_path = Path(folder) / "MANIFEST.json"
+    folder, target = Path(folder), Path(target)
+    manifest_path = folder / "MANIFEST.json"
     if not manifest_path.exists():
         raise RuntimeError(
             f"{folder} has no MANIFEST.json: build it here with "
@@ -232,7 +241,7 @@ def install(folder: Path, target: Path) -> Dict:
     missing = {d: w for d, w in manifest["wheels"].items()
                if importlib.util.find_spec(w["module"]) is None}
     for dist, wheel in missing.items():
-        digest = hashlib.sha256((Path(folder) / wheel["file"]).read_bytes()).hexdigest()
+        digest = hashlib.sha256((folder / wheel["file"]).read_bytes()).hexdigest()
         if digest != wheel["sha256"]:
             raise RuntimeError(f"{wheel['file']} in {folder} does not match its MANIFEST.json sha256")
     if missing:
@@ -240,7 +249,7 @@ def install(folder: Path, target: Path) -> Dict:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
              "--disable-pip-version-check", "--target", str(target),
-             *[str(Path(folder) / w["file"]) for w in missing.values()]],
+             *[str(folder / w["file"]) for w in missing.values()]],
             check=True,
         )
         sys.path.insert(0, str(target))

@@ -197,7 +197,7 @@ def test_install_adds_only_what_is_missing(tmp_path, monkeypatch):
     }}
     (house / "MANIFEST.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    result = gpu_wheelhouse.install(house, tmp_path / "site")
+    result = gpu_wheelhouse.install(str(house), str(tmp_path / "site"))  # as gpu_check passes them
     assert result["installed"] == ["maskclip-gpu-check-probe"]
     assert result["already_present"] == ["fvcore"]  # importable here: not installed again
     assert sys.path[0] == str(tmp_path / "site")
