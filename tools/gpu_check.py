@@ -89,7 +89,7 @@ class Sizes:
     maskclip_config: str  # the full model: proposals equality, inference, stage 2
     stage1_config: str  # the class-agnostic Mask2Former of stage 1
     stage1_opts: Tuple[str, ...]
-    image_size: Tuple[int, int]  # (height, width) of inference and proposals images
+    image_size: Tuple[int, int]  # (height, width) of inference and proposal images
     train_size: int  # square training crops (INPUT.IMAGE_SIZE of the LSJ mapper)
     stage2_batch: int
     stage1_batch: int
@@ -97,10 +97,11 @@ class Sizes:
 
 
 PAPER = Sizes(
-    clip="ViT-L/14@336px", masks=100, vocabulary=133,
+    clip="ViT-L/14@336px", masks=100, vocabulary=133,  # COCO panoptic's 133 classes
     maskclip_config="configs/coco/maskclip_vitl14_336.yaml",
     stage1_config="configs/coco/proposals/class_agnostic_mask2former_R50.yaml", stage1_opts=(),
-    image_size=(640, 853), train_size=1024, stage2_batch=8, stage1_batch=4, repeats=5,
+    image_size=(640, 853),  # a 4:3 COCO image at the test size (short side 640)
+    train_size=1024, stage2_batch=8, stage1_batch=4, repeats=5,
 )
 SMOKE = Sizes(
     clip="tiny", masks=6, vocabulary=5,
@@ -766,7 +767,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.cuda.amp in AMPTrainer
 
     sizes = SMOKE if args.smoke else PAPER
-    report = Report(args.output, [os.path.basename(sys.executable), *sys.argv])
+    report = Report(args.output, ["tools/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
     device = args.device
     run = {
         "environment": lambda: environment(args, sizes, installed),
