@@ -508,11 +508,36 @@ def backend_of(kernels: Dict[str, int]) -> str:
     return "+".join(label for word, label in _KERNEL_NAMES if word in names) or "none seen"
 
 
+def _backend_times(call: Callable[[], torch.Tensor], repeats: int, device: str) -> Dict:
+    """One SDPA call as PyTorch dispatches it ("default": the kernel it picks, its time) and
+    forced to each backend in turn: its time and output, or its error and the reasons PyTorch
+    gives (as warnings) for refusing it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = sdpa_kernels_of(call)
+    times = timed_runs(call, repeats, device)
+    result = {"default": {"runs": True, "backend": backend_of(kernels), "kernels": kernels,
+                          **summary_ms(times)}}
+    for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+        if not hasattr(SDPBackend, backend):
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_kernel([getattr(SDPBackend, backend)]):
+                    output = call()
+                    times = timed_runs(call, repeats, device)
+                result[backend.lower()] = {"runs": True, **summary_ms(times), "output": output}
+            except RuntimeError as e:
+                result[backend.lower()] = {"runs": False, "error": str(e).splitlines()[0],
+                                           "reasons": [str(w.message).splitlines()[0] for w in caught]}
+    return result
+
+
 def sdpa_probe(device: str, sizes: Sizes, log) -> Dict:
     """Which SDPA backend the encoder's attention runs, and what each backend costs on its three
     call shapes: image tokens (no mask), mask tokens (bool mask broadcast over heads) and RMA
     mask tokens (float mask per head)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     clip_model = random_clip(sizes.clip)
@@ -545,38 +570,22 @@ def sdpa_probe(device: str, sizes: Sizes, log) -> Dict:
         "mask_tokens": (q[:, :, L:], visible),
         "rma_mask_tokens": (q[:, :, L:], relative),
     }
-    backends = [b for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
-                if hasattr(SDPBackend, b)]
-    repeats = max(sizes.repeats, 5) * 4
+    repeats = max(sizes.repeats, 5) * 4  # sub-millisecond calls
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         name = str(dtype).replace("torch.", "")
         for call, (query, mask) in calls.items():
-            args = [t.to(device=device, dtype=dtype) if t is not None and t.is_floating_point()
-                    else (None if t is None else t.to(device)) for t in (query, k, v, mask)]
-            reference = sdpa(*[a.double() if a is not None and a.is_floating_point() else a for a in args[:3]],
-                             attn_mask=None if args[3] is None else
-                             (args[3].double() if args[3].is_floating_point() else args[3]))
-            entry = {"default": {}}
-            kernels = sdpa_kernels_of(lambda: sdpa(*args[:3], attn_mask=args[3]))
-            entry["default"] = {"backend": backend_of(kernels), "kernels": kernels,
-                                **summary_ms(timed_runs(lambda: sdpa(*args[:3], attn_mask=args[3]), repeats, device))}
-            for backend in backends:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    try:
-                        with sdpa_kernel([getattr(SDPBackend, backend)]):
-                            out = sdpa(*args[:3], attn_mask=args[3])
-                            times = timed_runs(lambda: sdpa(*args[:3], attn_mask=args[3]), repeats, device)
-                        entry[backend.lower()] = {
-                            "runs": True, **summary_ms(times),
-                            "max_rel_vs_float64": compare(out, reference, 1.0)["max_rel"]}
-                    except RuntimeError as e:
-                        reasons = [str(w.message).splitlines()[0] for w in caught]
-                        entry[backend.lower()] = {"runs": False, "error": str(e).splitlines()[0],
-                                                  "reasons": reasons}
+            q_, k_, v_ = (t.to(device, dtype) for t in (query, k, v))
+            if mask is not None:
+                mask = mask.to(device, dtype) if mask.is_floating_point() else mask.to(device)
+            entry = _backend_times(lambda: sdpa(q_, k_, v_, attn_mask=mask), repeats, device)
+            exact = sdpa(q_.double(), k_.double(), v_.double(),
+                         attn_mask=mask.double() if mask is not None and mask.is_floating_point() else mask)
+            for backend in entry.values():
+                if "output" in backend:
+                    backend["max_rel_vs_float64"] = compare(backend.pop("output"), exact, 1.0)["max_rel"]
             result["calls"][f"{call}_{name}"] = entry
             ran = ", ".join(f"{b} {e['min_ms']:.3f} ms" for b, e in entry.items()
-                            if b != "default" and e.get("runs"))
+                            if b != "default" and e["runs"])
             log(f"  {call:<16}{name:<9} default {entry['default']['backend']} "
                 f"{entry['default']['min_ms']:.3f} ms; {ran}")
     result["shapes"] = {"batch": 1, "heads": H, "head_dim": D // H, "keys": L, "image_queries": L,
