@@ -143,6 +143,26 @@ def wheel_distribution(wheel: Path) -> str:
     return _canonical(wheel.name.split("-")[0])
 
 
+def unmet_requirements(wheels: List[Path]) -> Dict[str, List[str]]:
+    """{wheel's distribution: its requirements that are neither carried, nor expected on the
+    GPU machine, nor known to be unused}; empty when the wheelhouse is complete."""
+    known = {_canonical(d) for d in (*CARRIED, *PRESENT, *NOT_NEEDED)}
+    unmet = {}
+    for wheel in wheels:
+        missing = [r for r in _wheel_requirements(wheel) if r not in known]
+        if missing:
+            unmet[wheel_distribution(wheel)] = missing
+    return unmet
+
+
+def _carried_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        sys.exit(f"[wheelhouse] {dist} is not installed in {sys.prefix}: run this with the "
+                 f"project's venv (make setup), whose versions the wheelhouse carries")
+
+
 def prepare(folder: Path, cache_dir: Path) -> Dict:
     """Builds ``folder`` (which must not exist yet or be a wheelhouse of ours) and returns its
     manifest. Needs the package index and the project's venv (the versions carried are the ones
@@ -158,7 +178,7 @@ def prepare(folder: Path, cache_dir: Path) -> Dict:
         for dist in CARRIED:
             if dist in ("detectron2", "lvis"):
                 continue
-            spec = f"{dist}=={metadata.version(dist)}"
+            spec = f"{dist}=={_carried_version(dist)}"
             try:
                 _pip("download", "--quiet", "--no-deps", "--only-binary=:all:",
                      "--python-version", PYTHON_VERSION, "--dest", str(build), spec,
@@ -175,14 +195,7 @@ def prepare(folder: Path, cache_dir: Path) -> Dict:
             if not installs_on_target(w.name):
                 sys.exit(f"[wheelhouse] {w.name} does not install on CPython {PYTHON_VERSION} / Linux")
 
-        # Every requirement is carried, expected on the machine, or known to be unused.
-        present = {_canonical(d) for d in PRESENT}
-        not_needed = {_canonical(d) for d in NOT_NEEDED}
-        unmet = {}
-        for w in wheels:
-            for req in _wheel_requirements(w):
-                if req not in carried | present | not_needed:
-                    unmet.setdefault(wheel_distribution(w), []).append(req)
+        unmet = unmet_requirements(wheels)
         if unmet:
             sys.exit(f"[wheelhouse] requirements neither carried nor on the GPU machine: {unmet}")
 

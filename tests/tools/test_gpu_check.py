@@ -172,16 +172,29 @@ def test_wheel_tags_for_the_gpu_machine():
     assert not fits("futures-3.0.5-py2-none-any.whl")
 
 
-def _tiny_wheel(folder, dist, module, version="1.0"):
+def _tiny_wheel(folder, dist, module, version="1.0", requires=()):
     """A minimal valid pure-Python wheel defining ``module.VALUE = 42``."""
     path = folder / f"{dist}-{version}-py3-none-any.whl"
     info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{module}/__init__.py", "VALUE = 42\n")
-        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        z.writestr(f"{info}/METADATA", metadata)
         z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{info}/RECORD", "")
     return path
+
+
+def test_requirements_neither_carried_nor_present_are_found(tmp_path):
+    wheel = _tiny_wheel(tmp_path, "probe", "probe", requires=[
+        "numpy>=1.24",  # on the GPU machine
+        "fvcore",  # carried
+        "futures; python_version < '3.0'",  # not for Python 3.12
+        "sphinx; extra == 'docs'",  # an extra nobody asks for
+        "somethingelse>=1",
+    ])
+    assert gpu_wheelhouse.unmet_requirements([wheel]) == {"probe": ["somethingelse"]}
 
 
 def test_install_adds_only_what_is_missing(tmp_path, monkeypatch):
