@@ -256,18 +256,37 @@ def install(folder: Path, target: Path) -> Dict:
         digest = hashlib.sha256((folder / wheel["file"]).read_bytes()).hexdigest()
         if digest != wheel["sha256"]:
             raise RuntimeError(f"{wheel['file']} in {folder} does not match its MANIFEST.json sha256")
-    if missing:
+    wheels = [folder / w["file"] for w in missing.values()]
+    method = None
+    if wheels:
         target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-             "--disable-pip-version-check", "--target", str(target),
-             *[str(folder / w["file"]) for w in missing.values()]],
-            check=True,
-        )
+        if importlib.util.find_spec("pip") is not None:
+            method = "pip"
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                 "--disable-pip-version-check", "--target", str(target), *map(str, wheels)],
+                check=True,
+            )
+        else:
+            method = "unzip"
+            for wheel in wheels:
+                _unpack(wheel, target)
         sys.path.insert(0, str(target))
         importlib.invalidate_caches()
     return {"installed": sorted(missing), "already_present": sorted(set(manifest["wheels"]) - set(missing)),
-            "target": str(target)}
+            "target": str(target), "method": method}
+
+
+def _unpack(wheel: Path, target: Path) -> None:
+    """What ``pip install --target`` does with our wheels, for an interpreter without pip: a
+    wheel is a zip of its import tree; of the ``.data`` folders only scripts occur (left out)."""
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            data = name.split("/")[0].endswith(".data")
+            if data and name.split("/")[1] != "scripts":
+                raise RuntimeError(f"{wheel.name} installs {name}: unpack it with pip")
+            if not data:
+                z.extract(name, target)
 
 
 def main():

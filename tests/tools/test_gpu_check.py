@@ -211,13 +211,30 @@ def test_install_adds_only_what_is_missing(tmp_path, monkeypatch):
     (house / "MANIFEST.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(sys, "path", list(sys.path))
     result = gpu_wheelhouse.install(str(house), str(tmp_path / "site"))  # as gpu_check passes them
-    assert result["installed"] == ["maskclip-gpu-check-probe"]
+    assert result["installed"] == ["maskclip-gpu-check-probe"] and result["method"] == "pip"
     assert result["already_present"] == ["fvcore"]  # importable here: not installed again
     assert sys.path[0] == str(tmp_path / "site")
     import maskclip_gpu_check_probe
 
     assert maskclip_gpu_check_probe.VALUE == 42
     sys.modules.pop("maskclip_gpu_check_probe")
+
+
+def test_install_without_pip_unpacks_the_wheels(tmp_path, monkeypatch):
+    import hashlib
+
+    wheel = _tiny_wheel(tmp_path, "maskclip_gpu_check_probe3", "maskclip_gpu_check_probe3")
+    (tmp_path / "MANIFEST.json").write_text(json.dumps({"wheels": {"probe3": {
+        "file": wheel.name, "module": "maskclip_gpu_check_probe3",
+        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}}}))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else find_spec(name, *a))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert gpu_wheelhouse.install(tmp_path, tmp_path / "site")["method"] == "unzip"
+    import maskclip_gpu_check_probe3
+
+    assert maskclip_gpu_check_probe3.VALUE == 42
+    sys.modules.pop("maskclip_gpu_check_probe3")
 
 
 def test_install_refuses_a_foreign_or_tampered_wheelhouse(tmp_path):
