@@ -69,7 +69,7 @@ def test_reported_equalities_hold(smoke_report):
         assert f"encoder_{mode}_features" in names
         assert f"encoder_{mode}_dense_reference_features" in names
     assert {f"encoder_rma_masks_{i}" for i in range(tiny_layers)} <= names
-    assert {"text_embeddings", "proposal_mask_logits", "proposal_objectness",
+    assert {"text_embeddings", "proposal_mask_logits", "proposal_objectness", "proposal_resampling",
             "tiny_model_0_sem_seg", "tiny_model_1_panoptic_pixels"} <= names
     for name, check in _checks(equality):
         assert check["ok"], (name, check)
