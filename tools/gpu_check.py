@@ -749,6 +749,55 @@ def stage1_training(device: str, sizes: Sizes, log) -> Dict:
     return result
 
 
+def readme_rows(data: Dict) -> List[str]:
+    """The rows of the README's "GPU figures" table, from the report ("-" where a section did
+    not run or raised)."""
+    sections = data["sections"]
+
+    def get(*keys, fmt="{}"):
+        value = sections
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return "-"
+            value = value[key]
+        return fmt.format(value)
+
+    env = sections.get("environment", {})
+    held = {n: sections[n]["status"] for n in ("equality", "autocast") if n in sections}
+    speed = " / ".join(get("encoder_speed", "float32", p, "min_ms", fmt="{:.1f}") for p in
+                       ("plain", "mask_tokens", "rma", "baseline", "dense_reference"))
+    speed_bf16 = " / ".join(get("encoder_speed", "bfloat16", p, "min_ms", fmt="{:.1f}") for p in
+                            ("plain", "mask_tokens", "rma", "baseline", "dense_reference"))
+
+    def iteration(*keys):
+        seconds, peak = get(*keys, "min_s", fmt="{:.3f} s"), get(*keys, "peak_mb")
+        return seconds if peak in ("-", "None") else f"{seconds}, {float(peak) / 1024:.1f} GB"
+
+    stage1 = iteration("stage1_training", "iteration")
+    return [
+        f"| date, GPU, command | {data['started'][:10]}, {env.get('gpu', env.get('device', '-'))}, "
+        f"`{data['command']}` | |",
+        f"| equalities within tolerance (CUDA vs CPU) | {held.get('equality', '-')} | "
+        f"autocast bounds: {held.get('autocast', '-')} |",
+        f"| encoder ms per image, {get('encoder_speed', 'masks')} masks: plain CLIP / mask_tokens / "
+        f"rma / baseline / dense reference | {speed} | {speed_bf16} |",
+        f"| SDPA kernel of the mask-token calls (mask_tokens / rma) | "
+        f"{get('sdpa', 'encoder', 'mask_tokens_float32', 'backend')} / "
+        f"{get('sdpa', 'encoder', 'rma_float32', 'backend')} | "
+        f"{get('sdpa', 'encoder', 'mask_tokens_bfloat16', 'backend')} / "
+        f"{get('sdpa', 'encoder', 'rma_bfloat16', 'backend')} |",
+        f"| full model ms per {'x'.join(map(str, sections.get('inference_speed', {}).get('image_size', ['-'])))} "
+        f"image | {get('inference_speed', 'float32', 'min_ms', fmt='{:.1f}')} | "
+        f"{get('inference_speed', 'bfloat16', 'min_ms', fmt='{:.1f}')} |",
+        f"| stage-2 iteration, batch {get('stage2_training', 'float32', 'batch')} (s, peak GB) | "
+        f"{iteration('stage2_training', 'float32')} | {iteration('stage2_training', 'amp')} |",
+        f"| stage-1 iteration, batch {get('stage1_training', 'iteration', 'batch')} (s, peak GB) | "
+        + (f" | {stage1} |" if get("stage1_training", "iteration", "amp") == "True" else f"{stage1} | |"),
+        f"| deformable attention share of a stage-1 iteration | "
+        f"{get('stage1_training', 'deformable_attention', 'share_of_iteration', fmt='{:.1%}')} | |",
+    ]
+
+
 # ---- the command -----------------------------------------------------------------------------
 
 
@@ -807,6 +856,8 @@ def main(argv=None) -> int:
     report.data["finished"] = _now()
     report.data["ok"] = all(s == "ok" for s in statuses.values())
     report.log(f"== summary: {statuses}")
+    report.data["readme_rows"] = readme_rows(report.data)
+    report.log("\n".join(report.data["readme_rows"]))
     report.save()
     return 0 if report.data["ok"] else 1
 
