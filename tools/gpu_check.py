@@ -26,12 +26,14 @@ with its traceback and the others still run):
                    Baseline and the dense reference (tools/benchmark_encoder.py), float32 and
                    bfloat16 autocast, with peak memory;
   inference_speed  the full model (paper config, random weights) on one 640 x 853 image;
-  stage2_training  MaskCLIP training iterations (Detectron2's AMPTrainer on CUDA, SimpleTrainer
-                   with AMP off on the CPU), batch 8 of 1024 px crops: seconds, peak memory;
+  stage2_training  MaskCLIP training iterations, batch 8 of 1024 px crops: seconds, peak memory
+                   (on CUDA Detectron2's AMPTrainer, then SimpleTrainer in float32; on the
+                   CPU SimpleTrainer only, AMP off);
   stage1_training  the class-agnostic Mask2Former (R50), batch 4 of 1024 px crops, and the
                    share of the iteration spent in its multi-scale deformable attention
                    (the MSDeformAttn calls of one iteration replayed forward + backward alone).
 
+The log ends with the rows of the README's "GPU figures" table, filled from the JSON.
 Random weights throughout: speed and the equalities do not depend on trained values. With
 ``--smoke`` every size is tiny (tiny CLIP and Mask2Former, a few masks, 128 px images).
 The exit status is 0 only when no section raised and every equality and bound holds.
