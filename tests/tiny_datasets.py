@@ -371,7 +371,7 @@ def coco_scene(index, size=SCENE_SIZE):
         ys, xs = np.nonzero(region)
         segments.append({"id": segment_id, "category_id": category_id, "iscrowd": 0,
                          "area": int(region.sum()),
-                         "bbox": [int(xs.min()), int(ys.min()), int(xs.ptp() + 1), int(ys.ptp() + 1)]})
+                         "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]})
     return pan, segments, np.clip(image, 0, 255).astype(np.uint8)
 
 

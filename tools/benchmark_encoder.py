@@ -8,7 +8,7 @@ image with ``--masks`` random mask proposals:
   mask_tokens      MaskCLIPVisualEncoder, mode "mask_tokens" (MaskCLIP w/o RMA);
   rma              MaskCLIPVisualEncoder, mode "rma" (RMA at every L/4-th layer);
   baseline         CLIPBaselineEncoder (each masked image through CLIP);
-  dense_reference  the dense-mask reference in tests/modeling/dense_reference.py, computed
+  dense_reference  the dense-mask reference (maskclip_d2/modeling/dense_reference.py), computed
                    the way the authors' code does it ((M+1+N)^2 mask per head, all tokens
                    attend to all, M x N x D products for all masks at once).
 
@@ -48,9 +48,6 @@ from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))  # the dense reference lives there
-
-from dense_reference import dense_reference_forward  # noqa: E402
 
 from maskclip_d2.utils.flops import count_flops  # noqa: E402
 from maskclip_d2.modeling import (  # noqa: E402
@@ -58,6 +55,7 @@ from maskclip_d2.modeling import (  # noqa: E402
     MaskCLIPVisualEncoder,
     build_clip_model,
 )
+from maskclip_d2.modeling.dense_reference import dense_reference_forward  # noqa: E402
 
 PATHS = ("plain", "mask_tokens", "rma", "baseline", "dense_reference")
 
@@ -139,6 +137,49 @@ def random_masks(batch, num_masks, resolution, generator):
     return F.interpolate(low, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
 
+def encoder_paths(visual, refine_chunk_size, device):
+    """The paths of ``PATHS`` over one CLIP image tower: {path: fn(images, masks)} and the
+    module holding each path's weights (for fvcore)."""
+    mask_tokens = MaskCLIPVisualEncoder(visual, mode="mask_tokens").to(device).eval()
+    rma = MaskCLIPVisualEncoder(
+        visual, mode="rma", refine_chunk_size=refine_chunk_size
+    ).to(device).eval()
+    baseline = CLIPBaselineEncoder(visual).to(device).eval()
+    fns = {
+        "plain": lambda im, m: visual(im),
+        "mask_tokens": mask_tokens,
+        "rma": rma,
+        "baseline": baseline,
+        "dense_reference": lambda im, m: dense_reference_forward(rma, im, m),
+    }
+    owners = {"plain": visual, "mask_tokens": mask_tokens, "rma": rma, "baseline": baseline,
+              "dense_reference": rma}
+    return fns, owners
+
+
+def time_round_robin(fns, inputs, repeats, device, scale=None):
+    """{path: [seconds of each of ``repeats`` forwards]}, after one warm-up forward each,
+    taken round-robin over the paths; a path's times are multiplied by ``scale[path]``."""
+    scale = scale or {}
+
+    def timed(path):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fns[path](*inputs[path])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * scale.get(path, 1.0)
+
+    for path in fns:  # warm-up
+        timed(path)
+    times = {path: [] for path in fns}
+    for _ in range(repeats):
+        for path in fns:
+            times[path].append(timed(path))
+    return times
+
+
 def main():
     args = parse_args()
     logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
@@ -158,33 +199,12 @@ def main():
     images = torch.randn(1, 3, R, R, generator=generator).to(device)
     masks = random_masks(1, args.masks, R, generator).to(device)
 
-    mask_tokens = MaskCLIPVisualEncoder(visual, mode="mask_tokens").to(device).eval()
-    rma = MaskCLIPVisualEncoder(
-        visual, mode="rma", refine_chunk_size=args.refine_chunk_size
-    ).to(device).eval()
-    baseline = CLIPBaselineEncoder(visual).to(device).eval()
-    fns = {
-        "plain": lambda im, m: visual(im),
-        "mask_tokens": mask_tokens,
-        "rma": rma,
-        "baseline": baseline,
-        "dense_reference": lambda im, m: dense_reference_forward(rma, im, m),
-    }
-    owners = {"plain": visual, "mask_tokens": mask_tokens, "rma": rma, "baseline": baseline,
-              "dense_reference": rma}
+    fns, owners = encoder_paths(visual, args.refine_chunk_size, device)
+    rma = owners["rma"]
     inputs = {p: (images, masks) for p in PATHS}
     inputs["baseline"] = (images, masks[:, :baseline_masks])
     scale = {p: 1.0 for p in PATHS}
     scale["baseline"] = args.masks / baseline_masks
-
-    def timed(path):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fns[path](*inputs[path])
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * scale[path]
 
     results = {
         "clip": args.clip, "masks": args.masks, "device": device,
@@ -193,12 +213,7 @@ def main():
         "patches": (R // rma.patch_size) ** 2, "rma_layers": [int(i) for i in rma.rma_layers],
     }
     with torch.no_grad():
-        for path in PATHS:  # warm-up
-            timed(path)
-        times = {path: [] for path in PATHS}
-        for _ in range(args.repeats):
-            for path in PATHS:
-                times[path].append(timed(path))
+        times = time_round_robin(fns, inputs, args.repeats, device, scale)
         for path in PATHS:
             results[f"{path}_s"] = min(times[path])
             results[f"{path}_median_s"] = statistics.median(times[path])

@@ -255,6 +255,19 @@ def build_wheel(package: PatchedPackage, archive: Path, workdir: Path, wheel_dir
     return wheels[-1]
 
 
+def wheel_for(package: PatchedPackage, cache_dir: Path, force: bool = False) -> Path:
+    """Our patched wheel of ``package``: the one cached in ``cache_dir/wheels``, else built now
+    (also what tools/gpu_wheelhouse.py carries to a GPU machine)."""
+    wheel_dir = cache_dir / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(wheel_dir.glob(f"{package.name}-{package.wanted_version()}-*.whl"))
+    if wheels and not force:
+        return wheels[-1]
+    archive = fetch_archive(package, cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_wheel(package, archive, Path(tmp), wheel_dir)
+
+
 def provision(package: PatchedPackage, cache_dir: Path, force: bool) -> None:
     installed = None if force else probe_installed(package)
     if installed is not None:
@@ -264,15 +277,7 @@ def provision(package: PatchedPackage, cache_dir: Path, force: bool) -> None:
             return
         print(f"[{package.name}] installed {installed} is an older patch series: rebuilding")
 
-    wheel_dir = cache_dir / "wheels"
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(wheel_dir.glob(f"{package.name}-{package.wanted_version()}-*.whl"))
-    if wheels and not force:
-        wheel = wheels[-1]
-    else:
-        archive = fetch_archive(package, cache_dir)
-        with tempfile.TemporaryDirectory() as tmp:
-            wheel = build_wheel(package, archive, Path(tmp), wheel_dir)
+    wheel = wheel_for(package, cache_dir, force)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", "--quiet",
          str(wheel)],

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP
 
-from dense_reference import dense_attention_mask, dense_reference_forward
 from maskclip_d2.modeling import MaskCLIPVisualEncoder, mask_visibility
+from maskclip_d2.modeling.dense_reference import dense_attention_mask, dense_reference_forward
 from maskclip_d2.modeling.maskclip_encoder import default_rma_layers, pixels_in_mask
 
 # (vision width, patch size, resolution, layers): heads = width / 64.

@@ -1,11 +1,11 @@
 """A straightforward dense-mask reference of the MaskCLIP Visual Encoder (Eq. 1-5).
 
-Written the way the authors' code computes it, for tests and for ``tools/benchmark_encoder.py``:
-one sequence ``[class; patches; mask tokens]``, the full (M + 1 + N)^2 boolean attention mask
-of Eq. 1 repeated per head, full attention of every token over every token (keys and values of
-mask tokens included, then masked out), explicit softmax, and the M x N x D tensors of Eq. 3
-and Eq. 5 for all masks at once. It reads the weights of a ``MaskCLIPVisualEncoder`` (CLIP's
-and the RMA ones) and must return what the encoder returns.
+Written the way the authors' code computes it, for the tests, ``tools/benchmark_encoder.py``
+and ``tools/gpu_check.py``: one sequence ``[class; patches; mask tokens]``, the full
+(M + 1 + N)^2 boolean attention mask of Eq. 1 repeated per head, full attention of every token
+over every token (keys and values of mask tokens included, then masked out), explicit softmax,
+and the M x N x D tensors of Eq. 3 and Eq. 5 for all masks at once. It reads the weights of a
+``MaskCLIPVisualEncoder`` (CLIP's and the RMA ones) and must return what the encoder returns.
 """
 import math
 
@@ -26,10 +26,10 @@ def dense_attention_mask(mask_logits, patch_size, threshold, num_heads):
     mask_prime = ~patches.reshape(B, M, N, patch_size * patch_size).any(-1)  # Eq. 2
 
     L = 1 + N + M
-    blocked = torch.zeros(B, L, L, dtype=torch.bool)
+    blocked = torch.zeros(B, L, L, dtype=torch.bool, device=mask_logits.device)
     blocked[:, :, 1 + N:] = True  # nobody attends to mask tokens (T blocks of Eq. 1)
     blocked[:, 1 + N:, 1:1 + N] = mask_prime  # M' block; the class column stays False
-    return blocked.repeat_interleave(num_heads, dim=0).to(mask_logits.device)
+    return blocked.repeat_interleave(num_heads, dim=0)
 
 
 def relative_mask_attention_dense(rma, mask_logits, image_tokens, q_scaled, k_patches):
