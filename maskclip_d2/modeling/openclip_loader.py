@@ -99,9 +99,13 @@ def check_openclip_config(arch: str, config: Dict[str, Any]) -> None:
             "image embedding comes from learned queries, not from a class token"
         )
     if vision.get("global_average_pool") or vision.get("pool_type", "tok") != "tok":
+        pooling = (
+            "global average pooling (global_average_pool)" if vision.get("global_average_pool")
+            else f"pool_type {vision.get('pool_type')!r}"
+        )
         refuse(
-            f"its image tower pools by {vision.get('pool_type') or 'global average'} pooling, so "
-            f"its image embedding is not its class token, which mask class tokens copy"
+            f"its image tower pools by {pooling}, so its image embedding is not its class "
+            f"token, which mask class tokens copy; only pool_type 'tok' works"
         )
     custom = [k for k in _CUSTOM_BLOCK_KEYS if vision.get(k)]
     if custom or vision.get("block_type") == "custom":
