@@ -162,6 +162,10 @@ def build_openclip_model(
     vit_layout(model.visual)  # a second line of defence: refuses what the config check missed
     if path is not None:
         _load_weights(model, path)
+    pretrained = open_clip.get_pretrained_cfg(arch, weights) if weights not in ("", "random") else {}
+    if pretrained.get("mean"):  # the tag's normalisation, as OpenCLIP's factory records it
+        preprocess = dict(model.visual.preprocess_cfg, mean=pretrained["mean"], std=pretrained["std"])
+        open_clip.model.set_model_preprocess_cfg(model, preprocess)
     return model.float().eval().to(device)
 
 
