@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))  # the dense referen
 
 from dense_reference import dense_reference_forward  # noqa: E402
 
+from maskclip_d2.modeling.clip_towers import encode_image  # noqa: E402
 from maskclip_d2.utils.flops import count_flops  # noqa: E402
 from maskclip_d2.modeling import (  # noqa: E402
     CLIPBaselineEncoder,
@@ -64,7 +65,10 @@ PATHS = ("plain", "mask_tokens", "rma", "baseline", "dense_reference")
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", default="ViT-B/16", help="CLIP architecture (random weights)")
+    parser.add_argument(
+        "--clip", default="ViT-B/16",
+        help="CLIP architecture (random weights): an OpenAI name or openclip:<arch>, e.g. openclip:ViT-H-14-378-quickgelu",
+    )
     parser.add_argument("--masks", type=int, default=100, help="mask proposals per image")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per path")
@@ -133,10 +137,11 @@ def peak_mb(fn, images, masks, device):
     return max(totals, default=0) / 2**20  # counted from 0 at the start of the profile
 
 
-def random_masks(batch, num_masks, resolution, generator):
-    """Smooth random blobs, like upsampled proposal logits (about half of each is inside)."""
+def random_masks(batch, num_masks, size, generator):
+    """Smooth random blobs, like upsampled proposal logits (about half of each is inside);
+    ``size`` is the (H, W) of CLIP's input."""
     low = torch.randn(batch, num_masks, 8, 8, generator=generator) * 4
-    return F.interpolate(low, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
 
 
 def main():
@@ -153,18 +158,18 @@ def main():
     torch.manual_seed(0)
     model = build_clip_model(args.clip, weights="random", device=device)
     visual = model.visual
-    R = visual.input_resolution
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(1, 3, R, R, generator=generator).to(device)
-    masks = random_masks(1, args.masks, R, generator).to(device)
 
     mask_tokens = MaskCLIPVisualEncoder(visual, mode="mask_tokens").to(device).eval()
     rma = MaskCLIPVisualEncoder(
         visual, mode="rma", refine_chunk_size=args.refine_chunk_size
     ).to(device).eval()
     baseline = CLIPBaselineEncoder(visual).to(device).eval()
+    H, W = rma.input_size
+    images = torch.randn(1, 3, H, W, generator=generator).to(device)
+    masks = random_masks(1, args.masks, (H, W), generator).to(device)
     fns = {
-        "plain": lambda im, m: visual(im),
+        "plain": lambda im, m: encode_image(visual, im),
         "mask_tokens": mask_tokens,
         "rma": rma,
         "baseline": baseline,
@@ -190,7 +195,7 @@ def main():
         "clip": args.clip, "masks": args.masks, "device": device,
         "threads": torch.get_num_threads(), "repeats": args.repeats,
         "baseline_masks_timed": baseline_masks,
-        "patches": (R // rma.patch_size) ** 2, "rma_layers": [int(i) for i in rma.rma_layers],
+        "input_size": [H, W], "patches": (H // rma.patch_size) * (W // rma.patch_size), "rma_layers": [int(i) for i in rma.rma_layers],
     }
     with torch.no_grad():
         for path in PATHS:  # warm-up

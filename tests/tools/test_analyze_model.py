@@ -65,3 +65,20 @@ def test_clip_baseline_costs_over_20x_maskclip_at_640_with_100_masks(monkeypatch
     table = analyze_model.format_table(results, 640, 100, 4, "narrow-B/16")
     assert "CLIP Baseline / MaskCLIP:" in table
 
+
+
+def test_openclip_tower_is_analysed_with_its_own_tokenizer(tmp_path):
+    """FLOPs and parameters of every stage with an OpenCLIP tower (layer scales, its own
+    context length): the baseline's CLIP stage is M times the tower's own forward."""
+    from openclip_models import write_local_dir
+
+    name = write_local_dir(str(tmp_path / "tiny"), ls_init_value=0.5, context_length=24)
+    cfg = analyze_model.setup_cfg(os.path.join(ROOT, "configs/tiny/maskclip_tiny.yaml"), ["MODEL.CLIP.NAME", name])
+    results = analyze_model.analyze(cfg, image_size=64, num_masks=10, num_classes=3,
+                                    methods=("baseline", "mask_tokens", "rma"))
+    visual = analyze_model.build_model(cfg).encoder.visual.eval()
+    visual_one = analyze_model.count_flops(visual, (torch.randn(1, 3, 64, 64),))
+    assert results["baseline"]["clip"]["flops"] == 10 * visual_one["flops"]
+    assert 0 < results["mask_tokens"]["clip"]["flops"] < results["rma"]["clip"]["flops"]
+    assert results["rma"]["clip"]["params"]["trainable"] > 0
+    assert results["rma"]["text"]["flops"] > 0
