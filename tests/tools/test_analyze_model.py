@@ -39,6 +39,28 @@ def test_sdpa_is_counted():
     assert "aten::scaled_dot_product_attention" not in counted["skipped"]
 
 
+def test_fused_multihead_attention_is_counted_like_the_unfused_one():
+    """Batch-first nn.MultiheadAttention (OpenCLIP's blocks) takes a fused kernel in inference,
+    which fvcore does not know: counted like the op-by-op path of sequence-first ones."""
+    torch.manual_seed(0)
+    fused = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    unfused = torch.nn.MultiheadAttention(64, 4, batch_first=False).eval()
+    x = torch.randn(2, 9, 64)
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    counted = analyze_model.count_flops(SelfAttention(fused), (x,))
+    assert "aten::_native_multi_head_attention" not in counted["skipped"]
+    assert counted["flops"] == analyze_model.count_flops(SelfAttention(unfused), (x.transpose(0, 1),))["flops"]
+    assert counted["flops"] == 2 * (2 * 9 * 64 * 64 * 2 + 2 * 9 * 9 * 64)
+
+
 def test_clip_baseline_costs_over_20x_maskclip_at_640_with_100_masks(monkeypatch, capsys):
     monkeypatch.setitem(CLIP_ARCHITECTURES, "narrow-B/16", NARROW_B16)
     cfg = analyze_model.setup_cfg(
