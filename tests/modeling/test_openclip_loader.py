@@ -250,3 +250,30 @@ def test_clip_baseline_over_an_openclip_tower():
         expected = model.encode_image(masked.flatten(0, 1)).view(2, 3, -1)
     assert torch.allclose(out["features"], expected, atol=1e-5)
     assert torch.allclose(out["features"][:, 0], model.encode_image(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("config, arch, tag, size, rma_layers", [
+    ("maskclip_openclip_vitb16_laion2b.yaml", "ViT-B-16", "laion2b_s34b_b88k", 224, [3, 6, 9, 12]),
+    ("maskclip_openclip_vitl14_laion2b.yaml", "ViT-L-14", "laion2b_s32b_b82k", 224, [6, 12, 18, 24]),
+    ("maskclip_openclip_vith14_378_dfn.yaml", "ViT-H-14-378-quickgelu", "dfn5b", 378, [8, 16, 24, 32]),
+])
+def test_openclip_configs_name_accepted_models_with_their_normalisation(config, arch, tag, size, rma_layers):
+    """The shipped configs: an accepted architecture, a tag of it with the same QuickGELU
+    setting, OpenCLIP's own normalisation for that tag, and the input size and default RMA
+    layers the architecture implies (from its config, without building it)."""
+    from maskclip_d2.config import get_maskclip_cfg
+    from maskclip_d2.modeling.maskclip_encoder import default_rma_layers
+    from maskclip_d2.modeling.openclip_loader import check_openclip_config
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = get_maskclip_cfg(os.path.join(root, "configs", "coco", config))
+    assert (cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS) == (f"openclip:{arch}", tag)
+    model_cfg = open_clip.get_model_config(arch)
+    check_openclip_config(arch, model_cfg)
+    pretrained = open_clip.get_pretrained_cfg(arch, tag)
+    assert pretrained.get("quick_gelu", False) == model_cfg.get("quick_gelu", False)
+    assert cfg.MODEL.CLIP.PIXEL_MEAN == pytest.approx([255 * v for v in pretrained["mean"]])
+    assert cfg.MODEL.CLIP.PIXEL_STD == pytest.approx([255 * v for v in pretrained["std"]])
+    assert model_cfg["vision_cfg"]["image_size"] == size
+    assert cfg.MODEL.MASKCLIP.RMA_LAYERS == []  # the default: every L/4-th layer
+    assert default_rma_layers(model_cfg["vision_cfg"]["layers"]) == rma_layers
