@@ -277,3 +277,21 @@ def test_openclip_configs_name_accepted_models_with_their_normalisation(config, 
     assert model_cfg["vision_cfg"]["image_size"] == size
     assert cfg.MODEL.MASKCLIP.RMA_LAYERS == []  # the default: every L/4-th layer
     assert default_rma_layers(model_cfg["vision_cfg"]["layers"]) == rma_layers
+
+
+def test_weights_at_a_larger_image_size_resize_the_positional_embedding(tmp_path, no_network):
+    """A model configured for 96 x 128 px loads 64 px weights as OpenCLIP does (positional
+    embedding interpolated to the 6 x 8 grid); MaskCLIP then runs at that size."""
+    reference = tiny_openclip(seed=6)
+    path = str(tmp_path / "w64.safetensors")
+    save_file(state_dict_of(reference), path)
+    name = write_local_dir(str(tmp_path / "big"), image_size=(96, 128))
+    model = build_clip_model(name, path)
+    assert model.visual.positional_embedding.shape == (1 + 6 * 8, 64)
+    assert torch.equal(model.visual.conv1.weight, reference.visual.conv1.weight)
+    encoder = MaskCLIPVisualEncoder(model.visual, mode="mask_tokens")
+    assert encoder.input_size == (96, 128) and encoder.input_resolution is None
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        out = encoder(images, torch.full((2, 1, 96, 128), 5.0))
+        assert (out["features"][:, 0] - model.encode_image(images)).abs().max() < 1e-4
