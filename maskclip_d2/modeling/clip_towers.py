@@ -53,13 +53,14 @@ class ViTLayout:
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
 
-def _open_clip_transformer():
-    """``open_clip.transformer`` if open_clip is installed, else None."""
-    try:
-        from open_clip import transformer
-    except ImportError:
-        return None
-    return transformer
+def _is_open_clip_vit(visual: nn.Module) -> bool:
+    """Whether ``visual`` is OpenCLIP's VisionTransformer (open_clip is only imported when the
+    tower comes from it)."""
+    if not type(visual).__module__.startswith("open_clip"):
+        return False
+    from open_clip.transformer import VisionTransformer
+
+    return isinstance(visual, VisionTransformer)
 
 
 def vit_layout(visual: nn.Module) -> ViTLayout:
@@ -68,10 +69,9 @@ def vit_layout(visual: nn.Module) -> ViTLayout:
     Raises:
         ValueError: the tower is not one MaskCLIP can run on, with the reason.
     """
-    oc = _open_clip_transformer()
     if isinstance(visual, clip.model.VisionTransformer):
         image_size = (visual.input_resolution, visual.input_resolution)
-    elif oc is not None and isinstance(visual, oc.VisionTransformer):
+    elif _is_open_clip_vit(visual):
         _check_open_clip_pooling(visual)
         image_size = tuple(visual.image_size)
     else:
