@@ -23,7 +23,6 @@ import sys
 from collections import Counter
 from typing import Dict, List, Sequence
 
-import clip
 import torch
 from torch import nn
 
@@ -95,7 +94,7 @@ def analyze(
     logging.getLogger("maskclip_d2").setLevel(logging.ERROR)  # the random-weights warnings
     model = build_model(cfg).eval()
     visual = model.encoder.visual
-    R = visual.input_resolution
+    H, W = model.encoder.input_size
     mc = cfg.MODEL.MASKCLIP
     encoders = {
         "baseline": lambda: CLIPBaselineEncoder(visual, mask_threshold=mc.MASK_THRESHOLD),
@@ -117,15 +116,16 @@ def analyze(
         }
     if "text" in stages:
         # prompts of the full context length: the tower's cost does not depend on the words
-        tokens = clip.tokenize(["a"] * num_classes, context_length=model.text_encoder.context_length)
+        text_encoder = model.text_encoder  # the CLIP's own tokenizer (OpenAI's or OpenCLIP's)
+        tokens = text_encoder.tokenizer(["a"] * num_classes, context_length=text_encoder.context_length)
         shared["text"] = {
             **count_flops(_Call(model.text_encoder, "encode_tokens"), (tokens,)),
             "params": parameter_counts([model.text_encoder]),
         }
 
     results = {}
-    clip_images = torch.randn(1, 3, R, R)
-    mask_logits = torch.randn(1, num_masks, R, R)
+    clip_images = torch.randn(1, 3, H, W)
+    mask_logits = torch.randn(1, num_masks, H, W)
     for method in methods:
         per_stage = dict(shared)
         if "clip" in stages:

@@ -32,7 +32,7 @@ Training (``--train-config``, default ViT-B/16; ``--train-batch`` images of ``--
 pixels with ``--train-segments`` ground-truth segments each; the config's proposals):
   one forward + backward + AdamW step of the RMA weights, "ours" (the MaskCLIP Visual
   Encoder) against "dense_reference" (the same model with the encoder computed as the
-  authors' code does, tests/modeling/dense_reference.py); ``*_s`` the fastest of
+  authors' code does, maskclip_d2/modeling/dense_reference.py); ``*_s`` the fastest of
   ``--train-repeats`` iterations, ``*_peak_mb`` the peak memory of one iteration beyond what
   was allocated before it (CUDA: ``max_memory_allocated``; CPU: the CPU allocator's running
   total as ``torch.profiler`` reports it).
@@ -56,7 +56,6 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
-sys.path.insert(0, os.path.join(REPO, "tests", "modeling"))  # the dense reference lives there
 
 import torch  # noqa: E402
 
@@ -336,7 +335,7 @@ def training_inputs(batch, size, segments, num_classes, seed=0):
 
 def training_worker(args):
     from benchmark_encoder import peak_mb
-    from dense_reference import dense_reference_forward
+    from maskclip_d2.modeling.dense_reference import dense_reference_forward
 
     device = args.device
     names, _ = vocabulary(133)  # COCO panoptic's vocabulary size

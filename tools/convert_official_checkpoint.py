@@ -52,6 +52,9 @@ and a difference stops the conversion. ``--with-clip`` writes a self-contained f
 ``clip.load`` at start-up; without ``--clip-weights`` it is listed as missing).
 
 What their checkpoint does not hold:
+When the config names an OpenCLIP model (``MODEL.CLIP.NAME "openclip:<arch>"``, e.g. a MaskCLIP
+trained on an OpenCLIP tower and saved in the authors' layout), ``--clip-weights`` is that
+model's weights: a pretrained tag or a file.
 * The class head of the proposal network in ``model_final.pth`` (their decoder comments out
   ``class_embed``). It comes from ``--proposals`` if that file has one; otherwise it is
   missing. MaskCLIP ("rma" mode) does not use objectness when ``NUM_PROPOSALS`` equals the
@@ -259,6 +262,19 @@ def _target_state(config_file: str, opts: List[str], proposals_only: bool) -> Di
     return model.state_dict()
 
 
+def _clip_state(clip_weights: str, config_file: str, opts: List[str]) -> Dict[str, torch.Tensor]:
+    """The state dict of the CLIP ``--clip-weights`` names: OpenAI's (``load_clip``), or, when
+    the config names an OpenCLIP model, that model with these weights (a tag or a file)."""
+    from maskclip_d2.config import get_maskclip_cfg
+    from maskclip_d2.modeling.clip_loader import build_clip_model, load_clip
+    from maskclip_d2.modeling.openclip_loader import OPENCLIP_PREFIX
+
+    name = get_maskclip_cfg(config_file, opts).MODEL.CLIP.NAME
+    if name.startswith(OPENCLIP_PREFIX):
+        return build_clip_model(name, clip_weights).state_dict()
+    return load_clip(clip_weights).state_dict()
+
+
 def _print_list(title: str, items: List, note: str = "") -> None:
     if items:
         print(f"{title} ({len(items)}){note}:")
@@ -316,9 +332,7 @@ def main(argv=None, target_state: Optional[Mapping[str, torch.Tensor]] = None) -
             converted, differing = merge(converted, proposals)
             _print_list("proposal-network keys that differ between the two files (kept from --maskclip)", differing)
         if args.clip_weights and not proposals_only:
-            from maskclip_d2.modeling.clip_loader import load_clip
-
-            clip_state = load_clip(args.clip_weights).state_dict()
+            clip_state = _clip_state(args.clip_weights, args.config_file, args.opts)
             if args.with_clip:
                 converted, _ = merge(converted, text_tower_state(clip_state))
             else:

@@ -8,10 +8,11 @@ outside the mask. Same ``forward`` contract as ``MaskCLIPVisualEncoder``.
 from typing import Dict, Sequence
 
 import torch
-from clip.model import VisionTransformer
+from torch import nn
 
 from detectron2.config import configurable
 
+from .clip_towers import encode_image
 from .maskclip_encoder import FrozenCLIPImageEncoder, pixels_in_mask
 
 __all__ = ["CLIPBaselineEncoder", "CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD"]
@@ -33,7 +34,7 @@ class CLIPBaselineEncoder(FrozenCLIPImageEncoder):
     @configurable
     def __init__(
         self,
-        visual: VisionTransformer,
+        visual: nn.Module,
         *,
         mask_threshold: float = 0.5,
         chunk_size: int = 32,
@@ -42,7 +43,7 @@ class CLIPBaselineEncoder(FrozenCLIPImageEncoder):
     ):
         """
         Args:
-            visual: a CLIP image tower, ``clip_model.visual``.
+            visual: a CLIP ViT image tower, ``clip_model.visual`` (OpenAI's or OpenCLIP's).
             mask_threshold: a pixel is kept when sigmoid(logit) >= this.
             chunk_size: masked images per CLIP forward pass.
             pixel_mean, pixel_std: the normalisation the images arrive with (RGB in [0, 1]);
@@ -68,8 +69,8 @@ class CLIPBaselineEncoder(FrozenCLIPImageEncoder):
     def forward(self, images: torch.Tensor, mask_logits: torch.Tensor) -> Dict[str, object]:
         """
         Args:
-            images: (B, 3, R, R) CLIP-normalised images at CLIP's input resolution R.
-            mask_logits: (B, M, R, R) mask logits, M >= 0.
+            images: (B, 3, H, W) CLIP-normalised images at CLIP's input size.
+            mask_logits: (B, M, H, W) mask logits, M >= 0.
 
         Returns:
             dict with "features": (B, M, E), CLIP's image embedding of each masked image
@@ -86,8 +87,8 @@ class CLIPBaselineEncoder(FrozenCLIPImageEncoder):
         for start in range(0, B * M, self.chunk_size):
             pairs = slice(start, start + self.chunk_size)
             masked = torch.where(keep[pairs], images[image_of_pair[pairs]], background)
-            features.append(self.visual(masked.to(dtype)))
+            features.append(encode_image(self.visual, masked.to(dtype)))
         if not features:
-            output_dim = self.visual.output_dim
+            output_dim = self.layout.output_dim
             return {"features": images.new_zeros(B, 0, output_dim, dtype=dtype), "masks": []}
         return {"features": torch.cat(features).view(B, M, -1), "masks": []}

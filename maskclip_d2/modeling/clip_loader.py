@@ -1,4 +1,5 @@
-"""Build and load OpenAI CLIP models (``clip.model.CLIP``) for MaskCLIP.
+"""Build and load OpenAI CLIP models (``clip.model.CLIP``) for MaskCLIP; names starting with
+"openclip:" go to OpenCLIP (``openclip_loader``).
 
 Three ways to get a CLIP:
 
@@ -10,22 +11,26 @@ Three ways to get a CLIP:
 * ``build_clip_model(name, weights=path)`` / ``load_clip(path)``: a checkpoint file, either an
   official TorchScript archive or a plain state dict saved with ``torch.save``.
 
-Every model returned is a ``clip.model.CLIP`` in float32 and eval mode.
+Every model returned is a ``clip.model.CLIP`` (an ``open_clip.CLIP`` for "openclip:" names) in
+float32 and eval mode; ``build_clip_tokenizer(name)`` gives the tokenizer its text tower reads.
 """
 import dataclasses
+import functools
 import logging
 import os
 import warnings
 import zipfile
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import clip
 import torch
 from clip.model import CLIP, VisionTransformer
 
+from .openclip_loader import OPENCLIP_PREFIX, build_openclip_model, build_openclip_tokenizer
+
 __all__ = [
-    "CLIPArchitecture", "CLIP_ARCHITECTURES", "CUSTOM", "build_clip_model", "clip_architecture_from_cfg",
-    "load_clip",
+    "CLIPArchitecture", "CLIP_ARCHITECTURES", "CUSTOM", "build_clip_model", "build_clip_tokenizer",
+    "clip_architecture_from_cfg", "load_clip",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,12 +192,15 @@ def build_clip_model(
     device: Union[str, torch.device] = "cpu",
     architecture: Optional[CLIPArchitecture] = None,
 ) -> CLIP:
-    """Builds the CLIP called ``name`` (a key of ``CLIP_ARCHITECTURES``, or "custom").
+    """Builds the CLIP called ``name`` (a key of ``CLIP_ARCHITECTURES``, "custom", or
+    "openclip:<arch>").
 
     Args:
-        name: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", "tiny", or "custom" with
+        name: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px", "tiny"; "custom" with
             ``architecture`` given (``clip_architecture_from_cfg``): the weights file is then
-            loaded strictly into that architecture, every shape checked, nothing guessed.
+            loaded strictly into that architecture, every shape checked, nothing guessed; or
+            "openclip:<arch>" for an OpenCLIP model, whose ``weights`` are "random", a
+            pretrained tag or a file (see ``openclip_loader.build_openclip_model``).
         weights: "" for OpenAI's released weights of ``name`` (see ``load_clip``), "random"
             for CLIP's random initialisation, otherwise the path of a checkpoint file.
         cache_dir, download: see ``load_clip``; only used when ``weights`` is "".
@@ -205,9 +213,14 @@ def build_clip_model(
     """
     if name == CUSTOM:
         return _build_custom(architecture, weights).to(device)
+    if name.startswith(OPENCLIP_PREFIX):
+        return build_openclip_model(
+            name[len(OPENCLIP_PREFIX):], weights, cache_dir=cache_dir, download=download, device=device
+        )
     if name not in CLIP_ARCHITECTURES:
         raise ValueError(
-            f"Unknown CLIP model {name!r}; known models: {', '.join(CLIP_ARCHITECTURES)}"
+            f"Unknown CLIP model {name!r}; known models: {', '.join(CLIP_ARCHITECTURES)}, or "
+            f"'{OPENCLIP_PREFIX}<arch>' for OpenCLIP's"
         )
     architecture = CLIP_ARCHITECTURES[name]
 
@@ -263,6 +276,28 @@ def _build_custom(architecture: Optional[CLIPArchitecture], weights: str) -> CLI
             f"MODEL.CLIP.ARCHITECTURE ({architecture}): {err}"
         ) from err
     return model.eval()
+
+
+def build_clip_tokenizer(name: str) -> Callable:
+    """The tokenizer of the CLIP called ``name`` (as for ``build_clip_model``):
+    ``(texts, context_length) -> (T, context_length)`` token ids, long texts truncated to the
+    context length with their end-of-text token kept. OpenAI's models: ``clip.tokenize``;
+    OpenCLIP's: the model's own tokenizer (``open_clip.get_tokenizer``)."""
+    if name.startswith(OPENCLIP_PREFIX):
+        return build_openclip_tokenizer(name[len(OPENCLIP_PREFIX):])
+    return functools.partial(clip.tokenize, truncate=True)
+
+
+def download_refusal(download: Optional[bool]) -> Optional[str]:
+    """None if a missing weights file may be downloaded, else what to do to allow it.
+
+    ``download`` None: allowed unless ``$MASKCLIP_CLIP_DOWNLOAD`` is 0, false, no or off;
+    True / False override that variable."""
+    if download is None:
+        if os.environ.get(DOWNLOAD_ENV, "").strip().lower() in _FALSE_WORDS:
+            return f"allow downloads (unset {DOWNLOAD_ENV}={os.environ[DOWNLOAD_ENV]})"
+        return None
+    return None if download else "allow downloads (download=True)"
 
 
 def load_clip(
@@ -330,14 +365,9 @@ def _official_file(name: str, cache_dir: Optional[str], download: Optional[bool]
         f"CLIP weights {name!r} not found: place {file_name} in {cache_dir} "
         f"(or set {CACHE_ENV})"
     )
-    if download is None:
-        if os.environ.get(DOWNLOAD_ENV, "").strip().lower() in _FALSE_WORDS:
-            raise FileNotFoundError(
-                f"{place_it}, or allow downloads (unset {DOWNLOAD_ENV}="
-                f"{os.environ[DOWNLOAD_ENV]})"
-            )
-    elif not download:
-        raise FileNotFoundError(f"{place_it}, or allow downloads (download=True)")
+    refusal = download_refusal(download)
+    if refusal:
+        raise FileNotFoundError(f"{place_it}, or {refusal}")
 
     url = clip.clip._MODELS[name]
     logger.info(f"Downloading CLIP weights {name} from {url} to {cache_dir}")

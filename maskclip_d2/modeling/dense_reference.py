@@ -6,6 +6,8 @@ and ``tools/gpu_check.py``: one sequence ``[class; patches; mask tokens]``, the 
 over every token (keys and values of mask tokens included, then masked out), explicit softmax,
 and the M x N x D tensors of Eq. 3 and Eq. 5 for all masks at once. It reads the weights of a
 ``MaskCLIPVisualEncoder`` (CLIP's and the RMA ones) and must return what the encoder returns.
+Images may be H x W (OpenCLIP towers with a non-square grid); OpenCLIP's layer scales
+(``ls_1``, ``ls_2``) are applied where a block has them.
 """
 import math
 
@@ -18,11 +20,11 @@ def dense_attention_mask(mask_logits, patch_size, threshold, num_heads):
 
     Token order [class; N patches; M mask tokens]. Pixel-level test per (mask, patch) pair.
     """
-    B, M, R, _ = mask_logits.shape
-    g = R // patch_size
-    N = g * g
-    inside = torch.sigmoid(mask_logits.double()) >= threshold  # (B, M, R, R)
-    patches = inside.reshape(B, M, g, patch_size, g, patch_size).permute(0, 1, 2, 4, 3, 5)
+    B, M, H, W = mask_logits.shape
+    rows, cols = H // patch_size, W // patch_size
+    N = rows * cols
+    inside = torch.sigmoid(mask_logits.double()) >= threshold  # (B, M, H, W)
+    patches = inside.reshape(B, M, rows, patch_size, cols, patch_size).permute(0, 1, 2, 4, 3, 5)
     mask_prime = ~patches.reshape(B, M, N, patch_size * patch_size).any(-1)  # Eq. 2
 
     L = 1 + N + M
@@ -34,23 +36,23 @@ def dense_attention_mask(mask_logits, patch_size, threshold, num_heads):
 
 def relative_mask_attention_dense(rma, mask_logits, image_tokens, q_scaled, k_patches):
     """Eq. 3 and Eq. 5 for all masks at once. Returns A' (B, H, M, N) and refined logits."""
-    B, M, R, _ = mask_logits.shape
+    B, M, height, width = mask_logits.shape
     p = rma.patch_size
-    g = R // p
+    rows, cols = height // p, width // p
     H = rma.num_heads
     # f2 as a convolution over the tanh of the masks, like the image patch embedding.
-    T_MP = rma.mask_patch_embed(torch.tanh(mask_logits).reshape(B * M, 1, R, R))
-    T_MP = T_MP.flatten(2).transpose(1, 2).reshape(B, M, g * g, -1)  # (B, M, N, D)
+    T_MP = rma.mask_patch_embed(torch.tanh(mask_logits).reshape(B * M, 1, height, width))
+    T_MP = T_MP.flatten(2).transpose(1, 2).reshape(B, M, rows * cols, -1)  # (B, M, N, D)
     D = T_MP.shape[-1]
     q_m = rma.mask_query_norm(T_MP)
     k_m = rma.mask_key_proj(image_tokens)  # (B, N, D)
     prod = q_m * k_m[:, None]  # (B, M, N, D)
-    a_prime = prod.reshape(B, M, g * g, H, D // H).sum(-1).permute(0, 3, 1, 2)
+    a_prime = prod.reshape(B, M, rows * cols, H, D // H).sum(-1).permute(0, 3, 1, 2)
 
     mask_res = q_scaled[:, :, None, :] * k_patches[:, None, :, :]  # (B, M, N, D)
     mask_res = rma.refine_head(mask_res)  # (B, M, N, p*p)
-    mask_res = mask_res.reshape(B * M, g, g, p * p).permute(0, 3, 1, 2)  # (B*M, p*p, g, g)
-    mask_res = F.pixel_shuffle(mask_res, p).reshape(B, M, R, R)
+    mask_res = mask_res.reshape(B * M, rows, cols, p * p).permute(0, 3, 1, 2)  # (B*M, p*p, rows, cols)
+    mask_res = F.pixel_shuffle(mask_res, p).reshape(B, M, height, width)
     return a_prime, mask_logits + mask_res
 
 
@@ -58,7 +60,7 @@ def relative_mask_attention_dense(rma, mask_logits, image_tokens, q_scaled, k_pa
 def dense_reference_forward(encoder, images, mask_logits):
     """Same contract as ``MaskCLIPVisualEncoder.forward``, computed densely."""
     visual = encoder.visual
-    B, M, R, _ = mask_logits.shape
+    B, M = mask_logits.shape[:2]
     p, D, H = encoder.patch_size, encoder.width, encoder.num_heads
     d = D // H
 
@@ -91,8 +93,11 @@ def dense_reference_forward(encoder, images, mask_logits):
         logits = logits.reshape(B * H, L, L).masked_fill(blocked, float("-inf"))
         attn = logits.softmax(-1).reshape(B, H, L, L)
         out = (attn @ v).permute(0, 2, 1, 3).reshape(B, L, D)
-        x = x + block.attn.out_proj(out)
-        x = x + block.mlp(block.ln_2(x))
+        ls_1, ls_2 = getattr(block, "ls_1", None), getattr(block, "ls_2", None)  # OpenCLIP
+        attn_out = block.attn.out_proj(out)
+        x = x + (ls_1(attn_out) if ls_1 is not None else attn_out)
+        mlp_out = block.mlp(block.ln_2(x))
+        x = x + (ls_2(mlp_out) if ls_2 is not None else mlp_out)
 
     features = visual.ln_post(x[:, 1 + N:]) @ visual.proj
     return {"features": features, "masks": masks}

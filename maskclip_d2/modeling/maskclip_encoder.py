@@ -30,11 +30,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from clip.model import QuickGELU, VisionTransformer
+from clip.model import QuickGELU
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from detectron2.config import configurable
+
+from .clip_towers import embed_image, layer_scales, vit_layout
 
 __all__ = [
     "FrozenCLIPImageEncoder",
@@ -159,7 +161,7 @@ class RelativeMaskAttention(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            mask_logits: (B, M, R, R) the layer's input (coarse) mask logits.
+            mask_logits: (B, M, H, W) the layer's input (coarse) mask logits.
             image_tokens: (B, N, D) T_IM, the patch tokens after the layer's ln_1.
             mask_queries: (B, M, D) phi_Q(T_MC), CLIP's queries of the mask class tokens.
             image_keys: (B, N, D) phi_K(T_IM), CLIP's keys of the patch tokens.
@@ -170,7 +172,7 @@ class RelativeMaskAttention(nn.Module):
         Returns:
             relative_logits: (B, heads, M, N) A' of Eq. 3, per head (not yet divided by
                 2 sqrt(d)), in the module's dtype.
-            refined_logits: (B, M, R, R) logit(M_r) of Eq. 5, in the dtype of ``mask_logits``.
+            refined_logits: (B, M, H, W) logit(M_r) of Eq. 5, in the dtype of ``mask_logits``.
         """
         dtype = self.mask_key_proj.weight.dtype
         B, M = mask_logits.shape[:2]
@@ -188,8 +190,9 @@ class RelativeMaskAttention(nn.Module):
 
         relative_logits = mask_keys.new_empty(B, self.num_heads, M, mask_keys.shape[1])
         refined_logits = mask_logits.new_empty(mask_logits.shape)
-        p, g = self.patch_size, mask_logits.shape[-1] // self.patch_size
-        pixels = refined_logits.view(B, M, g, p, g, p)  # patch row, pixel row, patch col, ...
+        p = self.patch_size
+        rows, cols = mask_logits.shape[-2] // p, mask_logits.shape[-1] // p
+        pixels = refined_logits.view(B, M, rows, p, cols, p)  # patch row, pixel row, patch col, ...
         step = max(1, chunk_size // max(B, 1))
         recompute = torch.is_grad_enabled() and self.training
         for start in range(0, M, step):
@@ -202,7 +205,7 @@ class RelativeMaskAttention(nn.Module):
                 relative, residual = self._chunk(*args)
             relative_logits[:, :, chunk] = relative
             # Eq. 5 in logit space; the residual's p*p values per patch go to its pixels.
-            coarse = mask_logits[:, chunk].reshape(B, -1, g, p, g, p)
+            coarse = mask_logits[:, chunk].reshape(B, -1, rows, p, cols, p)
             pixels[:, chunk] = coarse + residual.permute(0, 1, 2, 4, 3, 5)
         return relative_logits, refined_logits
 
@@ -226,14 +229,15 @@ class RelativeMaskAttention(nn.Module):
     def _chunk(self, mask_logits, mask_queries, image_keys, gram, cross, offset, U, V, Lambda,
                refine_weight, refine_bias):
         """Eq. 3 and Eq. 5's residual for a chunk of m masks: A' (B, heads, m, N) and the
-        residual logits (B, m, g, g, p, p), p*p pixels for each of the g x g patches."""
-        B, m, R, _ = mask_logits.shape
-        p, g = self.patch_size, R // self.patch_size
+        residual logits (B, m, rows, cols, p, p), p*p pixels for each of the rows x cols patches."""
+        B, m, height, width = mask_logits.shape
+        p = self.patch_size
+        rows, cols = height // p, width // p
         dtype = U.dtype
 
         # Eq. 3: P are the p*p pixels of tanh(mask) per patch, patches ordered like CLIP's.
-        P = torch.tanh(mask_logits.to(dtype)).reshape(B, m, g, p, g, p)
-        P = P.permute(0, 1, 2, 4, 3, 5).reshape(B, m, g * g, p * p)
+        P = torch.tanh(mask_logits.to(dtype)).reshape(B, m, rows, p, cols, p)
+        P = P.permute(0, 1, 2, 4, 3, 5).reshape(B, m, rows * cols, p * p)
         variance = (F.linear(P, gram, cross) * P).sum(-1) + offset  # var(z), gram symmetric
         inv_std = torch.rsqrt(variance.clamp_min(0) + self.mask_query_norm.eps)
         relative = torch.einsum("bmnq,bnhq->bmnh", P, U) + V.unsqueeze(1)
@@ -243,24 +247,32 @@ class RelativeMaskAttention(nn.Module):
         # Eq. 5: f_r over the per-(mask, patch) product (see forward for the SiLU).
         product = mask_queries.unsqueeze(2) * image_keys.unsqueeze(1)  # (B, m, N, D)
         residual = F.linear(F.silu(product), refine_weight, refine_bias)
-        return relative, residual.view(B, m, g, g, p, p)  # (B, m, patch row, patch col, p, p)
+        return relative, residual.view(B, m, rows, cols, p, p)  # (B, m, patch row, patch col, p, p)
 
 
 class FrozenCLIPImageEncoder(nn.Module):
     """What the MaskCLIP Visual Encoder and the CLIP Baseline share: a CLIP image tower used in
     place, frozen (``requires_grad=False``) and kept in eval mode by ``train()``, masks given
-    as logits at the CLIP input resolution R, and the input checks of their common
-    ``forward(images (B, 3, R, R), mask_logits (B, M, R, R))`` contract."""
+    as logits at the CLIP input size (H, W), and the input checks of their common
+    ``forward(images (B, 3, H, W), mask_logits (B, M, H, W))`` contract.
 
-    def __init__(self, visual: VisionTransformer, mask_threshold: float):
+    The tower is a class-token ViT of OpenAI's CLIP or of OpenCLIP (see ``clip_towers``);
+    ``input_size`` is the (H, W) it was built for (R x R for OpenAI's models), and
+    ``input_resolution`` is R for square inputs, None otherwise.
+    """
+
+    def __init__(self, visual: nn.Module, mask_threshold: float):
         super().__init__()
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+        self.layout = vit_layout(visual)
         self.visual = visual
         self.visual.requires_grad_(False)
         self.visual.eval()
         self.mask_threshold = mask_threshold
-        self.input_resolution = visual.input_resolution
+        self.input_size = self.layout.image_size
+        height, width = self.input_size
+        self.input_resolution = height if height == width else None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -268,19 +280,19 @@ class FrozenCLIPImageEncoder(nn.Module):
         return self
 
     def _check_inputs(self, images: torch.Tensor, mask_logits: torch.Tensor) -> None:
-        R = self.input_resolution
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, R, R):
+        H, W = self.input_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, H, W):
             raise ValueError(
-                f"images must be (B, 3, {R}, {R}) at the CLIP input resolution, got "
+                f"images must be (B, 3, {H}, {W}) at the CLIP input resolution, got "
                 f"{tuple(images.shape)}; resize them first"
             )
         if (
             mask_logits.dim() != 4
             or mask_logits.shape[0] != images.shape[0]
-            or tuple(mask_logits.shape[2:]) != (R, R)
+            or tuple(mask_logits.shape[2:]) != (H, W)
         ):
             raise ValueError(
-                f"mask_logits must be (B={images.shape[0]}, M, {R}, {R}), got "
+                f"mask_logits must be (B={images.shape[0]}, M, {H}, {W}), got "
                 f"{tuple(mask_logits.shape)}; resize proposals to the CLIP input resolution "
                 f"first (e.g. F.interpolate(..., mode='bilinear'))"
             )
@@ -299,7 +311,7 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
     @configurable
     def __init__(
         self,
-        visual: VisionTransformer,
+        visual: nn.Module,
         *,
         mode: str = "rma",
         rma_layers: Optional[Sequence[int]] = None,
@@ -308,7 +320,9 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
     ):
         """
         Args:
-            visual: a CLIP ViT image tower, ``clip_model.visual``.
+            visual: a CLIP ViT image tower, ``clip_model.visual``: OpenAI's
+                ``clip.model.VisionTransformer`` or OpenCLIP's class-token
+                ``VisionTransformer`` (see ``clip_towers.vit_layout`` for what is refused).
             mode: "rma" (MaskCLIP) or "mask_tokens" (MaskCLIP w/o RMA, training-free).
             rma_layers: 1-based indices of the layers that get RMA; None = every L/4-th
                 layer (6, 12, 18, 24 of 24). Only for mode "rma".
@@ -317,11 +331,6 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
                 which bounds its memory. On CPU, small chunks that stay in cache are fastest
                 (4 beats 16 by about 10% at ViT-L/14@336px, see tools/benchmark_encoder.py).
         """
-        if not isinstance(visual, VisionTransformer):
-            raise ValueError(
-                f"MaskCLIP needs the image tower of a ViT CLIP (clip.model.VisionTransformer), "
-                f"got {type(visual).__name__}; ResNet CLIPs have no class token to copy"
-            )
         if mode not in ("rma", "mask_tokens"):
             raise ValueError(
                 f"mode must be 'rma' or 'mask_tokens', got {mode!r} (the CLIP Baseline is "
@@ -332,10 +341,10 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
         super().__init__(visual, mask_threshold)
         self.mode = mode
         self.refine_chunk_size = refine_chunk_size
-        self.patch_size = visual.conv1.kernel_size[0]
-        self.width = visual.conv1.out_channels
-        self.num_heads = visual.transformer.resblocks[0].attn.num_heads
-        num_layers = len(visual.transformer.resblocks)
+        self.patch_size = self.layout.patch_size
+        self.width = self.layout.width
+        self.num_heads = self.layout.num_heads
+        num_layers = self.layout.num_layers
 
         if mode == "mask_tokens":
             if rma_layers:
@@ -373,14 +382,15 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
     def forward(self, images: torch.Tensor, mask_logits: torch.Tensor) -> Dict[str, object]:
         """
         Args:
-            images: (B, 3, R, R) CLIP-normalised images at CLIP's input resolution R.
-            mask_logits: (B, M, R, R) mask logits (M >= 0), e.g. mask proposals resized to R.
+            images: (B, 3, H, W) CLIP-normalised images at CLIP's input size (H, W) (R x R
+                for OpenAI's models).
+            mask_logits: (B, M, H, W) mask logits (M >= 0), e.g. mask proposals resized to it.
 
         Returns:
             dict with
               "features": (B, M, E) one feature per mask in CLIP's joint space (after
                   ``ln_post`` and ``proj``, not normalised);
-              "masks": list of (B, M, R, R) refined mask logits, one per RMA layer in order
+              "masks": list of (B, M, H, W) refined mask logits, one per RMA layer in order
                   (deep supervision; the last is the output). Empty in "mask_tokens" mode.
         """
         self._check_inputs(images, mask_logits)
@@ -388,11 +398,7 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
         B, M = mask_logits.shape[:2]
 
         # CLIP's embedding, then M copies of the class token (after ln_pre, like all tokens).
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2)
-        class_token = visual.class_embedding.to(x.dtype).expand(B, 1, -1)
-        x = torch.cat([class_token, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.ln_pre(x)  # (B, 1 + N, D)
+        x = embed_image(visual, images)  # (B, 1 + N, D)
         x = torch.cat([x, x[:, :1].expand(B, M, -1)], dim=1)  # (B, 1 + N + M, D)
 
         mask_attention = self._mask_attention(mask_logits)
@@ -425,7 +431,8 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
         mask_logits: torch.Tensor,
         rma: Optional[RelativeMaskAttention],
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """One CLIP ResidualAttentionBlock over [class; patches; mask tokens], CLIP's weights.
+        """One CLIP ResidualAttentionBlock over [class; patches; mask tokens], CLIP's weights
+        (OpenCLIP's layer scales included).
 
         Returns the new tokens and, in an RMA layer, the refined mask logits (else None).
         """
@@ -468,6 +475,7 @@ class MaskCLIPVisualEncoder(FrozenCLIPImageEncoder):
             )
 
         out = torch.cat([image_out, mask_out], dim=2).transpose(1, 2).reshape(B, L + M, D)
-        x = x + attn.out_proj(out)
-        x = x + block.mlp(block.ln_2(x))
+        scale_attn, scale_mlp = layer_scales(block)
+        x = x + scale_attn(attn.out_proj(out))
+        x = x + scale_mlp(block.mlp(block.ln_2(x)))
         return x, refined

@@ -26,6 +26,7 @@
   (default ``"other"``, as in the authors' code). It adds no weights, so training leaves
   CLIP's image-text space alone and the score exists for any vocabulary.
 """
+import functools
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,6 +37,9 @@ from clip.model import CLIP
 from torch import nn
 
 from detectron2.config import configurable
+
+from .clip_loader import build_clip_tokenizer
+from .clip_towers import text_transformer_forward
 
 __all__ = ["CLIPTextEncoder", "check_vocabulary"]
 
@@ -57,6 +61,7 @@ class CLIPTextEncoder(nn.Module):
         self,
         clip_model: CLIP,
         *,
+        tokenizer: Optional[Callable] = None,
         prompt_templates: Sequence[str] = ("{}",),
         temperature: float = 0.01,
         no_object_name: str = "other",
@@ -67,7 +72,10 @@ class CLIPTextEncoder(nn.Module):
     ):
         """
         Args:
-            clip_model: a ``clip.model.CLIP``; its text tower is used in place, never copied.
+            clip_model: a ``clip.model.CLIP`` or an ``open_clip.CLIP``; its text tower is used
+                in place, never copied.
+            tokenizer: ``(texts, context_length) -> (T, context_length)`` token ids of that
+                model (``clip_loader.build_clip_tokenizer``); None = ``clip.tokenize``.
             prompt_templates: templates with one "{}" each, e.g. ["a photo of a {}."].
             temperature: logits = cosine similarity / temperature.
             no_object_name: text of the no-object class appended with ``no_object=True``.
@@ -100,6 +108,7 @@ class CLIPTextEncoder(nn.Module):
         self.split_synonyms = split_synonyms
         self.batch_size = batch_size
         self.context_length = clip_model.context_length
+        self.tokenizer = tokenizer or functools.partial(clip.tokenize, truncate=True)
         self.tower_device = None if tower_device is None else torch.device(tower_device)
         self.tower_loader = tower_loader
         self.tower_released = False
@@ -113,6 +122,8 @@ class CLIPTextEncoder(nn.Module):
         """Uses ``clip_model``'s text modules (in place), frozen and in eval mode."""
         for name in TEXT_TOWER:
             setattr(self, name, getattr(clip_model, name))
+        # OpenCLIP keeps the causal mask on the model (OpenAI's blocks hold their own).
+        self.register_buffer("attn_mask", getattr(clip_model, "attn_mask", None), persistent=False)
         self.requires_grad_(False)
         self.eval()
         if self.tower_device is not None:
@@ -122,6 +133,7 @@ class CLIPTextEncoder(nn.Module):
     def from_config(cls, cfg, clip_model, tower_loader=None):
         return {
             "clip_model": clip_model,
+            "tokenizer": build_clip_tokenizer(cfg.MODEL.CLIP.NAME),
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
             "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
@@ -295,19 +307,20 @@ class CLIPTextEncoder(nn.Module):
 
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
-        ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
-        try:
-            tokens = clip.tokenize(texts, context_length=self.context_length)
-        except RuntimeError:  # some prompt is too long: cut, as CLIP does, and say so
+        ``tokenizer(texts)`` (cut to the context length, with a warning naming what is cut),
+        normalised."""
+        try:  # CLIP's BPE (OpenCLIP's default tokenizer too) refuses over-long texts uncut
+            clip.tokenize(texts, context_length=self.context_length)
+        except RuntimeError:
             _warn_truncated(texts, self.context_length)
-            tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
+        tokens = self.tokenizer(texts, context_length=self.context_length)
         return F.normalize(self.encode_tokens(tokens.to(self.text_projection.device)).float(), dim=-1)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T, E) text embeddings (not normalised) of (T, context_length) token ids."""
         dtype = self.text_projection.dtype
         x = self.token_embedding(tokens).to(dtype) + self.positional_embedding.to(dtype)
-        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # CLIP runs it as LND
+        x = text_transformer_forward(self.transformer, x, self.attn_mask)
         x = self.ln_final(x).to(dtype)
         # The end-of-text token has the largest id; its output is the text embedding.
         return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection

@@ -1,6 +1,8 @@
 """MaskCLIPVisualEncoder: Mask Class Tokens (Eq. 1-2), RMA (Eq. 3-4), mask refinement (Eq. 5).
 
-Every CLIP here is a tiny random one built in-process; the references are written from the
+Every CLIP here is a tiny random one built in-process, of OpenAI's family (``clip.model.CLIP``)
+or of OpenCLIP's (``open_clip.create_model`` with tiny configs: layer scale, GELU, head width
+32, a non-square grid, no ln_pre, LayerNorm after pooling); the references are written from the
 paper's formulas: ``dense_reference`` (the authors' dense construction, all masks at once) and
 ``per_mask_reference`` below (one mask at a time, CLIP's own blocks for the image tokens).
 """
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP
 
+from openclip_models import tiny_openclip
 from maskclip_d2.modeling import MaskCLIPVisualEncoder, mask_visibility
 from maskclip_d2.modeling.dense_reference import dense_attention_mask, dense_reference_forward
 from maskclip_d2.modeling.maskclip_encoder import default_rma_layers, pixels_in_mask
@@ -35,9 +38,27 @@ def tiny_clip(width, patch, resolution, layers, seed=0):
     return model.eval()
 
 
-@pytest.fixture(params=list(CLIP_SIZES), scope="module")
+# OpenCLIP towers: (image size, patch, width, layers, options of tiny_openclip).
+OPENCLIP_SIZES = {
+    # layer scale, GELU, 2 heads of 32 channels
+    "openclip-ls-w64-p16-r64-l4": (64, 16, 64, 4, dict(ls_init_value=0.3)),
+    # 6 x 8 grid of 8-pixel patches, QuickGELU, no ln_pre, LayerNorm after pooling
+    "openclip-48x64-w64-p8-l3": (
+        (48, 64), 8, 64, 3, dict(quick_gelu=True, no_ln_pre=True, final_ln_after_pool=True),
+    ),
+}
+
+
+def any_clip(name):
+    if name in CLIP_SIZES:
+        return tiny_clip(*CLIP_SIZES[name])
+    size, patch, width, layers, options = OPENCLIP_SIZES[name]
+    return tiny_openclip(size, patch, width, layers, **options)
+
+
+@pytest.fixture(params=list(CLIP_SIZES) + list(OPENCLIP_SIZES), scope="module")
 def clip_model(request):
-    return tiny_clip(*CLIP_SIZES[request.param])
+    return any_clip(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +66,30 @@ def small_clip():
     return tiny_clip(*CLIP_SIZES["w128-p8-r64-l3"])
 
 
-def random_masks(batch, resolution, patch, seed=0):
+@pytest.fixture(params=["w128-p8-r64-l3", "openclip-48x64-w64-p8-l3"], scope="module")
+def small_clip_any_family(request):
+    """A CLIP with 8-pixel patches: OpenAI's (64 x 64) or OpenCLIP's (48 x 64)."""
+    return any_clip(request.param)
+
+
+def random_masks(batch, size, patch, seed=0):
     """Mask logits covering the cases that matter: whole image, empty, one pixel, a blob smaller
-    than a patch straddling patch borders, smooth random regions, a hard-edged rectangle."""
+    than a patch straddling patch borders, smooth random regions, a hard-edged rectangle.
+    ``size`` is R (square) or (H, W)."""
     g = torch.Generator().manual_seed(seed)
-    R = resolution
+    H, W = (size, size) if isinstance(size, int) else size
     smooth = F.interpolate(
-        torch.randn(batch, 3, 4, 4, generator=g) * 4, size=(R, R), mode="bilinear"
+        torch.randn(batch, 3, 4, 4, generator=g) * 4, size=(H, W), mode="bilinear"
     )
-    full = torch.full((batch, 1, R, R), 6.0)
-    empty = torch.full((batch, 1, R, R), -6.0)
+    full = torch.full((batch, 1, H, W), 6.0)
+    empty = torch.full((batch, 1, H, W), -6.0)
     pixel = empty.clone()
-    pixel[:, :, R // 3, R // 2] = 3.0
+    pixel[:, :, H // 3, W // 2] = 3.0
     blob = empty.clone()
-    c = patch * (R // patch // 2)  # a patch corner: the blob touches four patches
-    blob[:, :, c - 2:c + 2, c - 1:c + 1] = 2.0
+    r, c = patch * (H // patch // 2), patch * (W // patch // 2)  # a patch corner: four patches
+    blob[:, :, r - 2:r + 2, c - 1:c + 1] = 2.0
     rect = empty.clone()
-    rect[:, :, patch // 2:R - patch, 1:R // 2] = 4.0
+    rect[:, :, patch // 2:H - patch, 1:W // 2] = 4.0
     return torch.cat([full, smooth[:, :1], empty, pixel, blob, smooth[:, 1:], rect], dim=1)
 
 
@@ -72,10 +100,17 @@ def randomise_rma_weights(encoder, seed=0, std=0.3):
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def input_size(model):
+    """(H, W) of a CLIP of either family."""
+    visual = model.visual
+    if hasattr(visual, "input_resolution"):  # OpenAI
+        return (visual.input_resolution,) * 2
+    return tuple(visual.image_size)  # OpenCLIP
+
+
 def images_for(model, batch=2, seed=1):
     g = torch.Generator().manual_seed(seed)
-    R = model.visual.input_resolution
-    return torch.randn(batch, 3, R, R, generator=g)
+    return torch.randn(batch, 3, *input_size(model), generator=g)
 
 
 def per_mask_reference(encoder, image, mask):
@@ -87,13 +122,13 @@ def per_mask_reference(encoder, image, mask):
     else q.k / sqrt(d) without RMA, (q.k + A'[n]) / (2 sqrt(d)) with RMA (Eq. 4), where
     A'[n] = sum over the head's channels of LN(T_MP[n]) * Km(T_IM[n]) (Eq. 3). After an RMA
     layer, logit(M_r) = logit(M_c) + f_r(q / sqrt(d) * k_n) unfolded per patch (Eq. 5).
+    OpenCLIP blocks scale both residual branches by their layer scales (ls_1, ls_2).
     Returns the feature (E,) and the refined masks of every RMA layer.
     """
     visual = encoder.visual
     p, D, H = encoder.patch_size, encoder.width, encoder.num_heads
     d = D // H
-    R = mask.shape[-1]
-    g = R // p
+    rows, cols = mask.shape[0] // p, mask.shape[1] // p
     tokens = visual.conv1(image[None]).flatten(2)[0].T  # (N, D)
     tokens = torch.cat([visual.class_embedding[None], tokens]) + visual.positional_embedding
     tokens = visual.ln_pre(tokens)  # (1 + N, D)
@@ -109,7 +144,7 @@ def per_mask_reference(encoder, image, mask):
         visible = [
             bool((torch.sigmoid(mask.double()[r * p:(r + 1) * p, c * p:(c + 1) * p])
                   >= encoder.mask_threshold).any())
-            for r in range(g) for c in range(g)
+            for r in range(rows) for c in range(cols)
         ]
         rma = encoder.rma_layers[str(i)] if str(i) in encoder.rma_layers else None
         if rma is not None:
@@ -121,9 +156,9 @@ def per_mask_reference(encoder, image, mask):
         out = torch.empty(D)
         for head in range(H):
             s = slice(head * d, (head + 1) * d)
-            logits = torch.empty(1 + g * g)
+            logits = torch.empty(1 + rows * cols)
             logits[0] = q[s] @ keys[0, s] / math.sqrt(d)
-            for n in range(g * g):
+            for n in range(rows * cols):
                 if not visible[n]:
                     logits[1 + n] = float("-inf")
                 elif rma is None:
@@ -135,16 +170,21 @@ def per_mask_reference(encoder, image, mask):
 
         if rma is not None:
             new_mask = mask.clone()
-            for n in range(g * g):
-                r, c = divmod(n, g)
+            for n in range(rows * cols):
+                r, c = divmod(n, cols)
                 residual = rma.refine_head(q / math.sqrt(d) * keys[1 + n]).reshape(p, p)
                 new_mask[r * p:(r + 1) * p, c * p:(c + 1) * p] += residual
             mask = new_mask
             refined.append(mask)
 
-        mask_token = mask_token + block.attn.out_proj(out)
-        mask_token = mask_token + block.mlp(block.ln_2(mask_token))
-        tokens = block(tokens[:, None])[:, 0]  # CLIP's own block, (L, batch=1, D)
+        ls_1 = getattr(block, "ls_1", lambda t: t)  # OpenCLIP's layer scales
+        ls_2 = getattr(block, "ls_2", lambda t: t)
+        mask_token = mask_token + ls_1(block.attn.out_proj(out))
+        mask_token = mask_token + ls_2(block.mlp(block.ln_2(mask_token)))
+        if block.attn.batch_first:  # CLIP's own block: OpenCLIP's (1, L, D), OpenAI's (L, 1, D)
+            tokens = block(tokens[None])[0]
+        else:
+            tokens = block(tokens[:, None])[:, 0]
     return visual.ln_post(mask_token) @ visual.proj, refined
 
 
@@ -154,7 +194,7 @@ def per_mask_reference(encoder, image, mask):
 def test_full_image_mask_gives_clip_image_embedding(clip_model):
     encoder = MaskCLIPVisualEncoder(clip_model.visual, mode="mask_tokens")
     images = images_for(clip_model)
-    masks = random_masks(2, encoder.input_resolution, encoder.patch_size)
+    masks = random_masks(2, encoder.input_size, encoder.patch_size)
     with torch.no_grad():
         out = encoder(images, masks)
         expected = clip_model.encode_image(images)
@@ -166,12 +206,13 @@ def test_full_image_mask_gives_clip_image_embedding(clip_model):
 
 
 @pytest.mark.parametrize("mode", ["mask_tokens", "rma"])
-def test_mask_feature_ignores_other_masks(small_clip, mode):
-    encoder = MaskCLIPVisualEncoder(small_clip.visual, mode=mode, refine_chunk_size=3)
+def test_mask_feature_ignores_other_masks(small_clip_any_family, mode):
+    model = small_clip_any_family
+    encoder = MaskCLIPVisualEncoder(model.visual, mode=mode, refine_chunk_size=3)
     if mode == "rma":
         randomise_rma_weights(encoder)
-    images = images_for(small_clip)
-    masks = random_masks(2, 64, 8)
+    images = images_for(model)
+    masks = random_masks(2, encoder.input_size, 8)
     M = masks.shape[1]
     with torch.no_grad():
         full = encoder(images, masks)
@@ -241,7 +282,7 @@ def test_encoder_matches_dense_reference(clip_model, mode):
     encoder = MaskCLIPVisualEncoder(clip_model.visual, mode=mode, refine_chunk_size=4)
     randomise_rma_weights(encoder)
     images = images_for(clip_model)
-    masks = random_masks(2, encoder.input_resolution, encoder.patch_size)
+    masks = random_masks(2, encoder.input_size, encoder.patch_size)
     with torch.no_grad():
         out = encoder(images, masks)
     expected = dense_reference_forward(encoder, images, masks)
@@ -277,7 +318,7 @@ def test_rma_matches_per_mask_formulas(clip_model):
     encoder = MaskCLIPVisualEncoder(clip_model.visual, mode="rma", rma_layers=[1, layers])
     randomise_rma_weights(encoder, seed=3)
     images = images_for(clip_model, batch=1)
-    masks = random_masks(1, encoder.input_resolution, encoder.patch_size)[:, :5]
+    masks = random_masks(1, encoder.input_size, encoder.patch_size)[:, :5]
     with torch.no_grad():
         out = encoder(images, masks)
         for m in range(masks.shape[1]):

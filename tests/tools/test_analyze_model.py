@@ -39,6 +39,28 @@ def test_sdpa_is_counted():
     assert "aten::scaled_dot_product_attention" not in counted["skipped"]
 
 
+def test_fused_multihead_attention_is_counted_like_the_unfused_one():
+    """Batch-first nn.MultiheadAttention (OpenCLIP's blocks) takes a fused kernel in inference,
+    which fvcore does not know: counted like the op-by-op path of sequence-first ones."""
+    torch.manual_seed(0)
+    fused = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    unfused = torch.nn.MultiheadAttention(64, 4, batch_first=False).eval()
+    x = torch.randn(2, 9, 64)
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    counted = analyze_model.count_flops(SelfAttention(fused), (x,))
+    assert "aten::_native_multi_head_attention" not in counted["skipped"]
+    assert counted["flops"] == analyze_model.count_flops(SelfAttention(unfused), (x.transpose(0, 1),))["flops"]
+    assert counted["flops"] == 2 * (2 * 9 * 64 * 64 * 2 + 2 * 9 * 9 * 64)
+
+
 def test_clip_baseline_costs_over_20x_maskclip_at_640_with_100_masks(monkeypatch, capsys):
     monkeypatch.setitem(CLIP_ARCHITECTURES, "narrow-B/16", NARROW_B16)
     cfg = analyze_model.setup_cfg(
@@ -65,3 +87,20 @@ def test_clip_baseline_costs_over_20x_maskclip_at_640_with_100_masks(monkeypatch
     table = analyze_model.format_table(results, 640, 100, 4, "narrow-B/16")
     assert "CLIP Baseline / MaskCLIP:" in table
 
+
+
+def test_openclip_tower_is_analysed_with_its_own_tokenizer(tmp_path):
+    """FLOPs and parameters of every stage with an OpenCLIP tower (layer scales, its own
+    context length): the baseline's CLIP stage is M times the tower's own forward."""
+    from openclip_models import write_local_dir
+
+    name = write_local_dir(str(tmp_path / "tiny"), ls_init_value=0.5, context_length=24)
+    cfg = analyze_model.setup_cfg(os.path.join(ROOT, "configs/tiny/maskclip_tiny.yaml"), ["MODEL.CLIP.NAME", name])
+    results = analyze_model.analyze(cfg, image_size=64, num_masks=10, num_classes=3,
+                                    methods=("baseline", "mask_tokens", "rma"))
+    visual = analyze_model.build_model(cfg).encoder.visual.eval()
+    visual_one = analyze_model.count_flops(visual, (torch.randn(1, 3, 64, 64),))
+    assert results["baseline"]["clip"]["flops"] == 10 * visual_one["flops"]
+    assert 0 < results["mask_tokens"]["clip"]["flops"] < results["rma"]["clip"]["flops"]
+    assert results["rma"]["clip"]["params"]["trainable"] > 0
+    assert results["rma"]["text"]["flops"] > 0

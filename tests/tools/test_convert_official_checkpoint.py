@@ -303,3 +303,39 @@ def test_drop_class_head_takes_a_133_class_mask2former_as_proposal_network(tmp_p
     assert "SHAPE MISMATCHES" in capsys.readouterr().out and not out.exists()
     assert convert.main(argv + ["--drop-class-head"], target) == 0
     assert sorted(torch.load(out, weights_only=True)["model"]) == ["backbone.stem.conv1.weight"]
+
+
+def test_checkpoint_over_an_openclip_tower_converts_and_loads_strictly(tmp_path):
+    """A MaskCLIP over an OpenCLIP tower (layer scales, 4 heads of 32) saved in the authors'
+    layout converts against a config naming that tower; --clip-weights is its weights file."""
+    from safetensors.torch import save_file
+
+    from openclip_models import tiny_openclip, write_local_dir
+
+    name = write_local_dir(str(tmp_path / "tiny"), width=128, layers=4, ls_init_value=0.5)
+    opts = ["MODEL.CLIP.NAME", name, "MODEL.MASKCLIP.RMA_LAYERS", "[2, 4]"]
+    clip_model = tiny_openclip(width=128, layers=4, ls_init_value=0.5, seed=5)
+    save_file({k: v.contiguous() for k, v in clip_model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    generator = torch.Generator().manual_seed(1)
+    authors = authors_visual_state(clip_model.visual.state_dict(), SMALL_RMA_BLOCKS, 16, generator)
+    assert any(".ls_1.gamma" in k for k in authors)
+    torch.save({"model": authors}, tmp_path / "model_final.pth")
+
+    out = tmp_path / "converted.pth"
+    argv = ["--maskclip", str(tmp_path / "model_final.pth"), "--clip-weights", str(tmp_path / "clip.safetensors"),
+            "--config-file", os.path.join(ROOT, "configs/tiny/maskclip_tiny.yaml"), "--output", str(out),
+            "--with-clip", "--allow-missing", "--opts", *opts]  # missing: the proposal network
+    assert convert.main(argv) == 0
+    converted = torch.load(out, weights_only=True)["model"]
+    cfg = get_cfg()
+    add_maskclip_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs/tiny/maskclip_tiny.yaml"))
+    cfg.merge_from_list(opts)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    assert unexpected == [] and all(k.startswith("proposal_network.") for k in missing)
+    assert torch.equal(model.encoder.visual.transformer.resblocks[3].ls_2.gamma,
+                       clip_model.visual.transformer.resblocks[3].ls_2.gamma)
+    assert torch.equal(model.text_encoder.token_embedding.weight, clip_model.token_embedding.weight)
+    assert torch.equal(model.encoder.rma_layers["4"].refine_head[1].weight,
+                       authors["maskclip.visual.transformer.conv3_added_params.1.weight"].flatten(1))

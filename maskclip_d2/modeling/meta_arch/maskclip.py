@@ -54,6 +54,23 @@ CLIP_INTERPOLATIONS = {
 }
 
 
+def check_clip_normalisation(cfg, clip_model) -> None:
+    """Warns when MODEL.CLIP.PIXEL_MEAN / PIXEL_STD differ from the normalisation an OpenCLIP
+    model was trained with (its preprocess config; e.g. LAION's ViT-L-14 uses 0.5 / 0.5)."""
+    preprocess = getattr(clip_model.visual, "preprocess_cfg", None)  # OpenCLIP only
+    if not preprocess:
+        return
+    mean = [255.0 * v for v in preprocess["mean"]]
+    std = [255.0 * v for v in preprocess["std"]]
+    given_mean, given_std = list(cfg.MODEL.CLIP.PIXEL_MEAN), list(cfg.MODEL.CLIP.PIXEL_STD)
+    if any(abs(a - b) > 1e-3 for a, b in zip(mean + std, given_mean + given_std)):
+        logger.warning(
+            f"MODEL.CLIP.PIXEL_MEAN / PIXEL_STD are {given_mean} / {given_std}, but CLIP "
+            f"{cfg.MODEL.CLIP.NAME} {cfg.MODEL.CLIP.WEIGHTS} was trained with {mean} / {std}: "
+            f"set them to its values"
+        )
+
+
 def vocabulary_from_metadata(metadata):
     """(class names, is_thing flags) of a dataset, in its contiguous-id order.
 
@@ -241,6 +258,12 @@ class MaskCLIP(nn.Module):
             encoder = CLIPBaselineEncoder(cfg, clip_model.visual)
         else:
             encoder = MaskCLIPVisualEncoder(cfg, clip_model.visual)
+        if encoder.input_resolution is None:
+            raise ValueError(
+                f"CLIP {cfg.MODEL.CLIP.NAME!r} takes {encoder.input_size} (H, W) images, but MaskCLIP "
+                f"resizes images and proposals to a square CLIP input: use a square image size"
+            )
+        check_clip_normalisation(cfg, clip_model)
         if weights == "random":
             clip_weights, tower_loader = None, None
         else:
