@@ -17,7 +17,7 @@
   (default ``"other"``, as in the authors' code). It adds no weights, so training leaves
   CLIP's image-text space alone and the score exists for any vocabulary.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import clip
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from detectron2.config import configurable
 
-__all__ = ["CLIPTextEncoder", "check_vocabulary"]
+__all__ = ["CLIPTextEncoder", "check_vocabulary", "ensemble_embeddings"]
 
 
 class CLIPTextEncoder(nn.Module):
@@ -112,17 +112,39 @@ class CLIPTextEncoder(nn.Module):
             (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
         """
         class_names = check_vocabulary(class_names)
-        if no_object and self.no_object_name in class_names:
+        if no_object:
+            self.check_no_object(class_names)
+        # Cached separately, so the vocabulary's embeddings serve with and without no-object.
+        return self.classify(features, self._embeddings(class_names), no_object)
+
+    def classify(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, no_object: bool = False
+    ) -> torch.Tensor:
+        """``forward`` with the vocabulary given as text embeddings instead of names (what an
+        exported model takes as input; see tools/export_onnx.py).
+
+        Args:
+            features: (..., E) image-side features in CLIP's joint space; normalised here.
+            class_embeddings: (C, E) text embeddings, e.g. ``encode_vocabulary(names)``;
+                normalised here (a no-op for ``encode_vocabulary``'s unit vectors).
+            no_object: append the no-object logit as column C.
+
+        Returns:
+            (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
+        """
+        text = F.normalize(class_embeddings.float(), dim=-1)
+        if no_object:
+            text = torch.cat([text, self._embeddings((self.no_object_name,)).to(text.device)])
+        image = F.normalize(features.float(), dim=-1)
+        return image @ text.to(image.device).T / self.temperature
+
+    def check_no_object(self, class_names: Sequence[str]) -> None:
+        """ValueError if the vocabulary contains the no-object text (its logits would clash)."""
+        if self.no_object_name in class_names:
             raise ValueError(
                 f"the vocabulary contains the no-object text {self.no_object_name!r}: rename "
                 f"that class or choose another no_object_name"
             )
-        # Cached separately, so the vocabulary's embeddings serve with and without no-object.
-        text = self._embeddings(class_names)
-        if no_object:
-            text = torch.cat([text, self._embeddings((self.no_object_name,))])
-        image = F.normalize(features.float(), dim=-1)
-        return image @ text.to(image.device).T / self.temperature
 
     def encode_vocabulary(self, class_names: Sequence[str]) -> torch.Tensor:
         """(C, E) float32 unit-norm text embeddings of the class names (cached)."""
@@ -178,19 +200,7 @@ class CLIPTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
-        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
-        prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
-        embeddings = torch.cat(
-            [self.encode_text(prompts[s:s + self.batch_size])
-             for s in range(0, len(prompts), self.batch_size)]
-        )
-        # Template ensemble per synonym, then the mean of the synonyms per name; normalising
-        # a sum of unit vectors is normalising their mean.
-        device = embeddings.device
-        per_synonym = torch.arange(len(synonyms), device=device).repeat_interleave(len(self.prompt_templates))
-        per_name = torch.tensor([i for i, _ in synonyms], device=device)
-        synonym_embeddings = F.normalize(_sum_by(embeddings, per_synonym, len(synonyms)), dim=-1)
-        return F.normalize(_sum_by(synonym_embeddings, per_name, len(names)), dim=-1)
+        return ensemble_embeddings(names, self.prompt_templates, self.encode_text, self.batch_size)
 
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
@@ -237,6 +247,30 @@ def check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
             f"(merge synonyms into one entry, 'a, b')"
         )
     return names
+
+
+def ensemble_embeddings(
+    names: Sequence[str],
+    templates: Sequence[str],
+    encode_text: Callable[[List[str]], torch.Tensor],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """(C, E) unit-norm class embeddings: every synonym of every name in every template goes
+    through ``encode_text`` (texts -> (T, E) unit-norm embeddings), ``batch_size`` prompts at a
+    time; the templates are averaged per synonym (CLIP's ensemble), then the synonyms per name.
+    ``CLIPTextEncoder`` uses it with its text tower, ``maskclip_d2.deploy`` with an exported one."""
+    synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
+    prompts = [template.format(synonym) for _, synonym in synonyms for template in templates]
+    embeddings = torch.cat(
+        [encode_text(prompts[s:s + batch_size]) for s in range(0, len(prompts), batch_size)]
+    )
+    # Template ensemble per synonym, then the mean of the synonyms per name; normalising
+    # a sum of unit vectors is normalising their mean.
+    device = embeddings.device
+    per_synonym = torch.arange(len(synonyms), device=device).repeat_interleave(len(templates))
+    per_name = torch.tensor([i for i, _ in synonyms], device=device)
+    synonym_embeddings = F.normalize(_sum_by(embeddings, per_synonym, len(synonyms)), dim=-1)
+    return F.normalize(_sum_by(synonym_embeddings, per_name, len(names)), dim=-1)
 
 
 def _sum_by(x: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:

@@ -225,14 +225,38 @@ class MaskCLIP(nn.Module):
             images.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
         return torch.stack(images)
 
-    def forward(self, batched_inputs: List[Dict]):
+    def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
+        """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
+        before any loss or post-processing. ``tools/export_onnx.py`` exports this method, so
+        an exported model computes what ``forward`` does.
+
+        Args:
+            batched_inputs: as for ``forward`` (only ``"image"`` is read, and the
+                annotations by "gt" proposals).
+            class_embeddings: (K, E) text embeddings of the vocabulary
+                (``text_encoder.encode_vocabulary``).
+
+        Returns:
+            dict with ``"class_logits"`` (B, M, K + 1), the vocabulary then no-object;
+            ``"mask_logits"`` (B, M, R, R) the proposals at CLIP's resolution R;
+            ``"objectness"`` (B, M); ``"refined_masks"``: list of (B, M, R, R), one per RMA
+            layer (empty without RMA).
+        """
         size = self.clip_resolution
         mask_logits, objectness = self.proposal_network(batched_inputs, size)
         mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
         encoded = self.encoder(self.clip_images(batched_inputs), mask_logits)
-        # (B, M, K + 1): the vocabulary, then no-object
-        class_logits = self.text_encoder(encoded["features"], self.vocabulary, no_object=True)
-        refined = encoded["masks"]
+        class_logits = self.text_encoder.classify(encoded["features"], class_embeddings, no_object=True)
+        return {
+            "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
+            "refined_masks": encoded["masks"],
+        }
+
+    def forward(self, batched_inputs: List[Dict]):
+        self.text_encoder.check_no_object(self.vocabulary)
+        predictions = self.predict(batched_inputs, self.text_encoder.encode_vocabulary(self.vocabulary))
+        class_logits, refined = predictions["class_logits"], predictions["refined_masks"]
+        mask_logits, objectness = predictions["mask_logits"], predictions["objectness"]
 
         if self.training:
             return self.losses(batched_inputs, class_logits, refined)
