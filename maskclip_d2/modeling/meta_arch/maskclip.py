@@ -144,7 +144,24 @@ class MaskCLIP(nn.Module):
         else:
             encoder = MaskCLIPVisualEncoder(cfg, clip_model.visual)
         text_encoder = CLIPTextEncoder(cfg, clip_model)
+        options = cls.inference_options(cfg)
+        criterion = None
+        if mc.MODE == "rma":
+            criterion = build_set_criterion(len(options["vocabulary"]), mc)
+        return {
+            "proposal_network": build_proposal_network(cfg),
+            "encoder": encoder,
+            "text_encoder": text_encoder,
+            "criterion": criterion,
+            **options,
+        }
 
+    @classmethod
+    def inference_options(cls, cfg) -> Dict:
+        """The constructor's arguments other than the networks (vocabulary, normalisation,
+        post-processing), read from ``cfg`` without building anything; ``maskclip_d2.deploy``
+        gives them to the MaskCLIP that wraps an exported graph."""
+        mc = cfg.MODEL.MASKCLIP
         dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
         dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
         if dataset:
@@ -156,16 +173,8 @@ class MaskCLIP(nn.Module):
                 "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
                 "or list class names in MODEL.MASKCLIP.VOCABULARY"
             )
-
-        criterion = None
-        if mc.MODE == "rma":
-            criterion = build_set_criterion(len(vocabulary), mc)
         test = mc.TEST
         return {
-            "proposal_network": build_proposal_network(cfg),
-            "encoder": encoder,
-            "text_encoder": text_encoder,
-            "criterion": criterion,
             "vocabulary": vocabulary,
             "is_thing": is_thing,
             "clip_pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
@@ -255,12 +264,17 @@ class MaskCLIP(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         self.text_encoder.check_no_object(self.vocabulary)
         predictions = self.predict(batched_inputs, self.text_encoder.encode_vocabulary(self.vocabulary))
+        if self.training:
+            return self.losses(batched_inputs, predictions["class_logits"], predictions["refined_masks"])
+        return self.inference(batched_inputs, predictions)
+
+    def inference(self, batched_inputs: List[Dict], predictions: Dict) -> List[Dict]:
+        """``predict``'s outputs -> per image Detectron2's outputs at the image's ``"height"``
+        x ``"width"``: class probabilities (times objectness in the training-free modes), the
+        output masks (the last RMA layer's, else the proposals) resized, post-processed.
+        ``maskclip_d2.deploy`` applies it to an exported graph's outputs."""
         class_logits, refined = predictions["class_logits"], predictions["refined_masks"]
         mask_logits, objectness = predictions["mask_logits"], predictions["objectness"]
-
-        if self.training:
-            return self.losses(batched_inputs, class_logits, refined)
-
         if getattr(self.proposal_network, "outputs_are_ground_truth", False):
             output_masks = None  # the ground-truth masks themselves (Table 7)
         else:
