@@ -16,6 +16,7 @@ import pytest
 import skimage.data
 import torch
 from detectron2.modeling import build_model
+from detectron2.structures import ImageList
 
 from maskclip_d2 import Predictor, get_maskclip_cfg
 from maskclip_d2.deploy import (
@@ -39,7 +40,6 @@ def exported(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
     paths = export_onnx(model, cfg, path)
     assert paths == {"image_graph": path, "text_graph": text_graph_path(path)}
-    torch.set_num_threads(1)
     return cfg, model, ONNXRuntimeMaskCLIP(path, num_threads=1)
 
 
@@ -104,6 +104,19 @@ def test_onnx_predictor_gives_the_same_segments_as_pytorch(exported, photo):
     iou = intersection / union.clamp(min=1)
     iou[a.pred_classes[:, None] != b.pred_classes[None]] = 0
     assert (iou.max(1).values > 0.999).all() and (iou.max(0).values > 0.999).all()
+
+
+def test_one_image_is_padded_as_imagelist_pads_a_batch(exported):
+    """The proposal network pads one image itself (so that export keeps its size symbolic)."""
+    _, model, _ = exported
+    network = model.proposal_network.network
+    image = torch.randint(0, 256, (3, 101, 70), dtype=torch.uint8)
+    ours = network.preprocess_image([{"image": image}])
+    normalised = (image - network.pixel_mean) / network.pixel_std
+    reference = ImageList.from_tensors([normalised], network.size_divisibility)
+    assert ours.tensor.shape == (1, 3, 128, 96)
+    assert torch.equal(ours.tensor, reference.tensor)
+    assert ours.image_sizes == reference.image_sizes == [(101, 70)]
 
 
 def test_onnx_predictor_reads_the_exported_config(exported):

@@ -59,8 +59,13 @@ def check_outputs(args, cfg):
             raise ValueError(f"{path} is a folder; --output must name a file")
 
 
+# What the check accepts (float32 rounding; class logits are cosine / temperature).
+TOLERANCES = {"class_logits": 1e-3, "mask_logits": 1e-4, "objectness": 1e-4}
+
+
 def compare(cfg, model, path):
-    """Largest |PyTorch - ONNX Runtime| of the outputs on a photograph, and the segments."""
+    """Largest |PyTorch - ONNX Runtime| of the outputs on a photograph (True if within
+    TOLERANCES), and how many panoptic pixels agree."""
     import skimage.data
 
     photo = skimage.data.astronaut()
@@ -73,14 +78,20 @@ def compare(cfg, model, path):
     theirs = onnx_predictor.model.predict([inputs], vocabulary)
     refined = ours["refined_masks"]
     ours["mask_logits"] = refined[-1] if refined else ours["mask_logits"]
-    for key in ("class_logits", "mask_logits", "objectness"):
-        print(f"  {key}: max |PyTorch - ONNX Runtime| = {(ours[key] - theirs[key]).abs().max():.2e}")
+    within = True
+    for key, tolerance in TOLERANCES.items():
+        difference = float((ours[key] - theirs[key]).abs().max())
+        within &= difference <= tolerance
+        print(f"  {key}: max |PyTorch - ONNX Runtime| = {difference:.1e} (tolerance {tolerance:.0e})")
     a = torch_predictor(photo, task="panoptic")["panoptic_seg"]
     b = onnx_predictor(photo, task="panoptic")["panoptic_seg"]
-    same = torch.equal(a[0], b[0]) and a[1] == b[1]
-    print(f"  panoptic segments on skimage's astronaut: {len(a[1])} (PyTorch), {len(b[1])} "
-          f"(ONNX Runtime), {'identical' if same else 'DIFFERENT'}")
-    return same
+    differ = int((a[0] != b[0]).sum())
+    print(f"  panoptic on skimage's astronaut: {len(a[1])} segments (PyTorch), {len(b[1])} "
+          f"(ONNX Runtime); {differ} of {a[0].numel()} pixels differ (near-ties between "
+          "overlapping masks may flip a few)")
+    if not within:
+        print("error: ONNX Runtime's outputs differ from PyTorch's beyond the tolerance", file=sys.stderr)
+    return within
 
 
 def main(argv=None):
