@@ -22,7 +22,6 @@ ONNX Runtime and whose text encoder runs the text graph; everything else (vocabu
 template / synonym ensembles, probabilities, mask resizing, semantic / panoptic / instance
 post-processing) is MaskCLIP's own code. ``ONNXPredictor(path)`` is the ``Predictor`` over it.
 """
-import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -42,11 +41,10 @@ from .predictor import Predictor
 from .utils import atomic_write
 
 __all__ = [
-    "export_onnx", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
+    "export_onnx", "check_exportable", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
     "MIN_IMAGE_SIDE",
 ]
 
-logger = logging.getLogger(__name__)
 
 # The exported image graph holds for images whose sides are both at least this: the padded
 # image must span at least two of the backbone's 32-pixel strides (smaller sizes would take
