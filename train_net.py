@@ -9,6 +9,8 @@ Only Detectron2's ``build_*`` hooks are overridden; everything else is ``Default
 """
 import copy
 import logging
+import os
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -19,7 +21,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from maskclip_d2.checkpoint import StrictCheckpointer
+from maskclip_d2.checkpoint import StrictCheckpointer, TrainingCheckpointer
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
@@ -41,6 +43,31 @@ def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        """DefaultTrainer whose checkpointer loads strictly (``TrainingCheckpointer``): a
+        MODEL.WEIGHTS or resumed file that does not match the model is an error, except an
+        ImageNet backbone file and class heads of another class count (logged)."""
+        super().__init__(cfg)
+        default = self.checkpointer
+        self.checkpointer = TrainingCheckpointer(
+            default.model, default.save_dir, trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is default:
+                hook.checkpointer = self.checkpointer
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, then a check that every process starts at the same iteration:
+        with several machines, each reads OUTPUT_DIR's last_checkpoint, so OUTPUT_DIR must be
+        storage all machines share."""
+        super().resume_or_load(resume=resume)
+        starts = comm.all_gather(self.start_iter)
+        if len(set(starts)) > 1:
+            raise RuntimeError(
+                f"the training processes would start at different iterations {starts} (rank "
+                f"order): some found no checkpoint in OUTPUT_DIR {self.cfg.OUTPUT_DIR}. With "
+                "several machines, OUTPUT_DIR must be on storage they all share."
+            )
+
     @classmethod
     def build_train_loader(cls, cfg):
         """INPUT.DATASET_MAPPER_NAME: "coco_panoptic_lsj" (every panoptic segment with its
@@ -121,11 +148,28 @@ class Trainer(DefaultTrainer):
         return results
 
 
+def cpu_threads_per_process(cfg, processes_per_machine, environ=os.environ):
+    """On the CPU, the machine's cores shared among its training processes: each process
+    gets cores // processes torch threads (N processes x all cores each ran 2x slower than
+    one thread each). Left alone when OMP_NUM_THREADS is set, on a GPU, or with one process.
+    Returns the thread count set, or None."""
+    if "OMP_NUM_THREADS" in environ or cfg.MODEL.DEVICE != "cpu" or processes_per_machine < 2:
+        return None
+    threads = max(1, (os.cpu_count() or 1) // processes_per_machine)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def setup(args):
     cfg = get_maskclip_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskclip_d2")
+    threads = cpu_threads_per_process(cfg, args.num_gpus)
+    if threads is not None:
+        logging.getLogger("maskclip_d2").info(
+            f"{args.num_gpus} CPU processes on this machine: {threads} torch thread(s) each "
+            "(set OMP_NUM_THREADS to choose)")
     return cfg
 
 

@@ -4,14 +4,19 @@
 Reads the official download: images and semantic PNGs (ADEChallengeData2016.zip), the
 instance PNGs (annotations_instance.tar, R = instance-class id, G = instance id), the class
 list ``objectInfo150.csv`` (or ``objectInfo150.txt``) and the instance-to-semantic class map
-``categoryMapping.txt`` of the instance-segmentation devkit. Writes, in ADEChallengeData2016/:
+``categoryMapping.txt`` of the instance-segmentation devkit.
+
+First it checks both lists against the shipped vocabulary ``ade20k_150`` (Mask2Former's
+``ADE20K_150_CATEGORIES``, whose names and thing flags the model uses): every official name
+must name the shipped class of its id (one shipped synonym found, word for word, in the
+official name: "windowpane;window" for "window "), and the classes of categoryMapping.txt
+must be the shipped things. A mismatch stops the script with a ``ValueError`` before
+anything is written. Then it writes, in ADEChallengeData2016/:
 
 * ``annotations_detectron2/validation/*.png``: semantic labels, id - 1 (void 0 -> 255);
 * ``ade20k_panoptic_val/*.png`` + ``ade20k_panoptic_val.json``: COCO panoptic format, stuff
   segments from the semantic labels, thing segments from the instance labels (on top);
-* ``ade20k_instance_val.json``: COCO instance format, RLE masks of the 100 thing classes;
-* ``maskclip_categories_ade20k_150.json``: the 150 names (synonyms joined by ", "), thing
-  flags (things = classes of categoryMapping.txt) and colours.
+* ``ade20k_instance_val.json``: COCO instance format, RLE masks of the 100 thing classes.
 
 Re-runs skip outputs that are already complete.
 
@@ -19,7 +24,6 @@ Re-runs skip outputs that are already complete.
 """
 import csv
 import os
-import re
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -27,57 +31,64 @@ import tqdm
 from panopticapi.utils import id2rgb
 
 from maskclip_d2.data.datasets.register_ade20k_150 import ade20k_150_paths
-from maskclip_d2.data.datasets.utils import (
-    deterministic_colors,
-    write_json_atomic,
-)
+from maskclip_d2.data.datasets.utils import write_json_atomic
 from maskclip_d2.data.prepare_utils import (
     argument_parser,
+    check_class_names,
     convert_each,
+    names_share_a_synonym,
     read_label_image,
     require_download,
     save_label_image,
 )
+from maskclip_d2.data.vocabularies import get_vocabulary
 
 NUM_CLASSES = 150
 DOWNLOAD_HINT = (
     "Download ADEChallengeData2016.zip and annotations_instance.tar from the MIT Scene Parsing "
     "benchmark and extract them into ADEChallengeData2016/; put objectInfo150.csv and "
-    "instanceSegmentation/categoryMapping.txt of the sceneparsing devkit next to them"
+    "categoryMapping.txt (instancesegmentation/ of the placeschallenge devkit) next to them"
 )
 
 
-def clean_name(raw):
-    """ "building;edifice" or "building, edifice" -> "building, edifice"."""
-    return ", ".join(part.strip() for part in re.split(r"[;,]", raw) if part.strip())
-
-
 def read_object_info(path):
-    """The 150 class names of ``objectInfo150.csv`` (comma-separated) or ``.txt`` (tabs)."""
+    """{semantic id: official name} of ``objectInfo150.csv`` (commas) or ``.txt`` (tabs)."""
     if not os.path.exists(path):
         txt = os.path.splitext(path)[0] + ".txt"
         path = txt if os.path.exists(txt) else path
     require_download([path], DOWNLOAD_HINT)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t" if path.endswith(".txt") else ","))
-    rows = sorted(rows, key=lambda r: int(r["Idx"]))
-    if [int(r["Idx"]) for r in rows] != list(range(1, NUM_CLASSES + 1)):
-        raise ValueError(f"{path}: expected the rows Idx 1..{NUM_CLASSES}, got {len(rows)} rows")
-    return [clean_name(r["Name"]) for r in rows]
+    return path, {int(r["Idx"]): r["Name"] for r in rows}
 
 
 def read_category_mapping(path):
-    """``categoryMapping.txt`` -> {instance-class id: semantic id - 1}."""
+    """``categoryMapping.txt`` -> {instance-class id: semantic id - 1}. (The official file
+    lists a few instance ids twice, with the same semantic id and two full-ADE20K ids.)"""
     require_download([path], DOWNLOAD_HINT)
     mapping = {}
     with open(path) as f:
-        for line in f.readlines()[1:]:  # header: Instance100 SceneParse150 FullADE20K
+        for line in f.readlines()[1:]:  # header: Instacne100 SceneParse150 FullADE20K
             fields = line.split()
             if fields:
                 mapping[int(fields[0])] = int(fields[1]) - 1
     if not mapping or not all(0 <= s < NUM_CLASSES for s in mapping.values()):
         raise ValueError(f"{path}: expected lines '<instance id> <semantic id 1..150> <ADE id>'")
     return mapping
+
+
+def check_download_classes(object_info_path, category_mapping_path, categories):
+    """Check the official class lists against the shipped ``categories``; returns the
+    instance-class id -> semantic id - 1 map of categoryMapping.txt."""
+    path, official = read_object_info(object_info_path)
+    shipped = {c["id"] + 1: c["name"] for c in categories}  # objectInfo150 Idx = id + 1
+    check_class_names(path, "ade20k_150", official, shipped, same=names_share_a_synonym)
+    instance_to_semantic = read_category_mapping(category_mapping_path)
+    things = set(instance_to_semantic.values())
+    check_class_names(category_mapping_path, "ade20k_150 (thing flags)",
+                      {c["id"] + 1: "thing" if c["id"] in things else "stuff" for c in categories},
+                      {c["id"] + 1: "thing" if c["isthing"] else "stuff" for c in categories})
+    return instance_to_semantic
 
 
 def _semantic(raw_png, out_png):
@@ -124,18 +135,19 @@ def _panoptic(sem, things, isthing):
 def prepare(root):
     p = ade20k_150_paths(root)
     require_download([p["dataset_dir"], p["image_root"], p["raw_sem_seg_root"]], DOWNLOAD_HINT)
-    names = read_object_info(p["object_info"])
-    instance_to_semantic = read_category_mapping(p["category_mapping"])
-    thing_ids = set(instance_to_semantic.values())
-    isthing = [i in thing_ids for i in range(NUM_CLASSES)]
-    colors = deterministic_colors(NUM_CLASSES)
-    categories = [{"id": i, "name": names[i], "isthing": int(isthing[i]), "color": colors[i]}
-                  for i in range(NUM_CLASSES)]
+    categories = get_vocabulary("ade20k_150")
+    instance_to_semantic = check_download_classes(p["object_info"], p["category_mapping"],
+                                                  categories)
+    isthing = [bool(c["isthing"]) for c in categories]
 
     stems = sorted(os.path.splitext(f)[0] for f in os.listdir(p["image_root"])
                    if f.endswith(".jpg"))
+    need_instances = not (os.path.exists(p["panoptic_json"]) and os.path.exists(p["json_file"]))
     for stem in stems:
         require_download([os.path.join(p["raw_sem_seg_root"], stem + ".png")], DOWNLOAD_HINT)
+        if need_instances:
+            require_download([p["raw_instance_root"],
+                              os.path.join(p["raw_instance_root"], stem + ".png")], DOWNLOAD_HINT)
 
     # semantic labels
     convert_each([(os.path.join(p["raw_sem_seg_root"], s + ".png"),
@@ -143,12 +155,10 @@ def prepare(root):
                  _semantic, "ADE20K-150 semantic PNGs")
 
     # panoptic and instance annotations, both from the instance PNGs
-    if not (os.path.exists(p["panoptic_json"]) and os.path.exists(p["json_file"])):
-        require_download([p["raw_instance_root"]], DOWNLOAD_HINT)
+    if need_instances:
         images, pan_anns, ins_anns = [], [], []
         for image_id, stem in enumerate(tqdm.tqdm(stems, desc="ADE20K-150 panoptic"), start=1):
             instance_png = os.path.join(p["raw_instance_root"], stem + ".png")
-            require_download([instance_png], DOWNLOAD_HINT)
             sem = read_label_image(os.path.join(p["sem_seg_root"], stem + ".png"))
             things = _instances(instance_png, instance_to_semantic)
             pan, segments = _panoptic(sem, things, isthing)
@@ -173,8 +183,6 @@ def prepare(root):
                            "categories": [{"id": c["id"], "name": c["name"]}
                                           for c in categories if c["isthing"]]},
                           p["json_file"])
-    if not os.path.exists(p["vocabulary"]):
-        write_json_atomic({"dataset": "ade20k_150", "categories": categories}, p["vocabulary"])
 
 
 def main(argv=None):

@@ -2,83 +2,102 @@
 """Prepare ADE20K-847 (full ADE20K, ADE20K_2021_17_01) validation for maskclip-d2.
 
 Reads ``index_ade20k.pkl`` (``folder``, ``filename``, ``objectnames``) and the
-``<image>_seg.png`` segmentations, whose whole-object class per pixel is
-``R / 10 * 256 + G`` (0 = unlabeled, k = ``objectnames[k - 1]``). The 847 classes are those
-present in at least one training and one validation segmentation, ordered by training pixel
-count (most frequent first). Writes, in ADE20K_2021_17_01/:
+``<image>_seg.png`` segmentations of the validation images, whose whole-object class per
+pixel is ``R / 10 * 256 + G`` (0 = unlabeled, k = ``objectnames[k - 1]``).
 
-* ``maskclip_categories_ade20k_847.json``: the classes (``id`` = the class value k);
+The 847 classes are the shipped vocabulary ``ade20k_847`` (Mask2Former's
+``ADE20K_SEM_SEG_FULL_CATEGORIES``): its ``id`` is the class value k, its order the
+contiguous id. The script first checks that ``objectnames[k - 1]`` names the shipped class
+of every id k (one shipped synonym found, word for word, in the official name); a mismatch
+stops it with a ``ValueError`` before anything is written. Then it writes, in
+ADE20K_2021_17_01/:
+
 * ``images_detectron2/validation/*.jpg``: the validation images in one folder;
 * ``annotations_detectron2/validation/*.tif``: 16-bit labels 0..846, 65535 elsewhere.
 
-Re-runs skip outputs that are already complete (the class scan included).
+As MaskFormer's ``datasets/prepare_ade20k_full_sem_seg.py`` (whose output the paper's A-847
+numbers were computed on), an image whose short side exceeds 512 pixels is resized so that
+its short side is 512 (the long side ``round(long / short * 512)``; OpenCV, bilinear for the
+image, nearest for the labels), and every image is saved again with PIL's default JPEG
+settings.
+
+Re-runs skip outputs that are already complete.
 
     python datasets/prepare_ade20k_full.py [--root datasets]
 """
 import os
 import pickle
-import shutil
 
+import cv2
 import numpy as np
-import tqdm
+from PIL import Image
 
 from maskclip_d2.data.datasets.register_ade20k_full import ade20k_full_paths
-from maskclip_d2.data.datasets.utils import (
-    deterministic_colors,
-    read_categories,
-    write_json_atomic,
-)
-from maskclip_d2.utils import atomic_write
 from maskclip_d2.data.prepare_utils import (
     argument_parser,
+    check_class_names,
     convert_each,
+    names_share_a_synonym,
     read_label_image,
     require_download,
     save_label_image,
 )
+from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.utils import atomic_write
 
 DOWNLOAD_HINT = (
     "Download the full ADE20K release (ADE20K_2021_17_01.zip) from the ADE20K website and "
     "extract it into the datasets root"
 )
+# The short side of the validation images MaskFormer's preparation writes.
+MAX_SHORT_SIDE = 512
 
 
 def class_map(seg_png):
     """Whole-object class per pixel of an ADE20K ``_seg.png`` (0 = unlabeled)."""
-    seg = read_label_image(seg_png).astype(np.int64)
+    seg = read_label_image(seg_png).astype(np.int32)
     return seg[..., 0] // 10 * 256 + seg[..., 1]
 
 
-def _entries(root, index):
-    """[(split, image path, segmentation path)] of the release's training/validation images."""
+def validation_entries(root, index):
+    """[(image path, segmentation path)] of the release's validation images."""
     entries = []
     for folder, filename in zip(index["folder"], index["filename"]):
-        split = "validation" if "/validation" in folder else "training"
-        image = os.path.join(root, folder, filename)
-        entries.append((split, image, os.path.splitext(image)[0] + "_seg.png"))
+        if "/validation" in folder:
+            image = os.path.join(root, folder, filename)
+            entries.append((image, os.path.splitext(image)[0] + "_seg.png"))
     return entries
 
 
-def select_classes(entries, objectnames):
-    """The vocabulary: classes in both splits, by decreasing training pixel count."""
-    num = len(objectnames) + 1
-    train_pixels = np.zeros(num, dtype=np.int64)
-    in_val = np.zeros(num, dtype=bool)
-    for split, _, seg_png in tqdm.tqdm(entries, desc="ADE20K-847 class scan"):
-        counts = np.bincount(class_map(seg_png).ravel(), minlength=num)
-        if split == "training":
-            train_pixels += counts
-        else:
-            in_val |= counts > 0
-    keep = [k for k in range(1, num) if train_pixels[k] > 0 and in_val[k]]
-    keep.sort(key=lambda k: (-train_pixels[k], k))
-    colors = deterministic_colors(len(keep))
-    return [{"id": k, "name": objectnames[k - 1].strip(), "isthing": 0, "color": colors[i]}
-            for i, k in enumerate(keep)]
+def check_objectnames(index_file, objectnames, categories):
+    """The shipped class ids k must name the same classes as ``objectnames[k - 1]``."""
+    official = {k: objectnames[k - 1] for k in range(1, len(objectnames) + 1)}
+    check_class_names(index_file, "ade20k_847", official,
+                      {c["id"]: c["name"] for c in categories},
+                      same=names_share_a_synonym, complete=False)
 
 
-def _convert(seg_png, lut, out_tif):
-    save_label_image(lut[class_map(seg_png)], out_tif)
+def resized_size(height, width, max_short_side=MAX_SHORT_SIDE):
+    """(height, width) after MaskFormer's resize: short side ``max_short_side`` when it is
+    longer, else unchanged."""
+    if width >= height > max_short_side:
+        return max_short_side, round(width / height * max_short_side)
+    if height >= width > max_short_side:
+        return round(height / width * max_short_side), max_short_side
+    return height, width
+
+
+def _convert(image_file, seg_png, lut, out_jpg, out_tif):
+    with Image.open(image_file) as img:
+        image = np.asarray(img if img.mode in ("RGB", "L") else img.convert("RGB"))
+    classes = class_map(seg_png)
+    height, width = resized_size(*image.shape[:2])
+    if (height, width) != image.shape[:2]:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
+    with atomic_write(out_jpg) as tmp:
+        Image.fromarray(image).save(tmp, format="JPEG")
+    save_label_image(lut[classes], out_tif)  # written last: its presence marks the job done
 
 
 def prepare(root):
@@ -86,28 +105,20 @@ def prepare(root):
     require_download([p["dataset_dir"], p["index"]], DOWNLOAD_HINT)
     with open(p["index"], "rb") as f:
         index = pickle.load(f)
-    entries = _entries(root, index)
-    for _, image, seg_png in entries:
+    categories = get_vocabulary("ade20k_847")
+    check_objectnames(p["index"], index["objectnames"], categories)
+    val = validation_entries(root, index)
+    for image, seg_png in val:
         require_download([image, seg_png], DOWNLOAD_HINT)
 
-    categories = read_categories(p["vocabulary"])
-    if categories is None:
-        categories = select_classes(entries, index["objectnames"])
-        write_json_atomic({"dataset": "ade20k_847", "categories": categories}, p["vocabulary"])
     lut = np.full(len(index["objectnames"]) + 1, 65535, dtype=np.uint16)
     lut[[c["id"] for c in categories]] = np.arange(len(categories))
-
-    val = [(image, seg) for split, image, seg in entries if split == "validation"]
-    stems = [os.path.splitext(os.path.basename(image))[0] for image, _ in val]
-    convert_each([(image, os.path.join(p["image_root"], s + ".jpg")) for (image, _), s
-                  in zip(val, stems)], _copy, "ADE20K-847 val images")
-    convert_each([(seg, lut, os.path.join(p["sem_seg_root"], s + ".tif")) for (_, seg), s
-                  in zip(val, stems)], _convert, "ADE20K-847 val labels")
-
-
-def _copy(src, dst):
-    with atomic_write(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    jobs = []
+    for image, seg_png in val:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        jobs.append((image, seg_png, lut, os.path.join(p["image_root"], stem + ".jpg"),
+                     os.path.join(p["sem_seg_root"], stem + ".tif")))
+    convert_each(jobs, _convert, "ADE20K-847 val images and labels")
 
 
 def main(argv=None):

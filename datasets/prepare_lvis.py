@@ -2,8 +2,9 @@
 """Check the LVIS v1 val download for maskclip-d2 (nothing needs converting).
 
 LVIS v1 val is ``lvis/lvis_v1_val.json`` over COCO 2017 images (from both train2017 and
-val2017, as each image's ``coco_url`` says). This script checks that the JSON has the 1203
-categories the registration names, and that every image it lists is on disk.
+val2017, as each image's ``coco_url`` says). This script checks that the JSON's categories
+are the shipped vocabulary ``lvis`` (the same 1203 ids, and the same synonyms, read as
+"aerosol can, spray can"), and that every image it lists is on disk.
 
     python datasets/prepare_lvis.py [--root datasets]
 """
@@ -11,9 +12,9 @@ import json
 import os
 
 import tqdm
-from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
-from maskclip_d2.data.prepare_utils import argument_parser, require_download
+from maskclip_d2.data.prepare_utils import argument_parser, check_class_names, require_download
+from maskclip_d2.data.vocabularies import get_vocabulary, lvis_name
 
 DOWNLOAD_HINT = (
     "Download lvis_v1_val.json.zip from lvisdataset.org into lvis/, and the COCO 2017 "
@@ -27,10 +28,8 @@ def check(root):
                      DOWNLOAD_HINT)
     with open(json_file) as f:
         lvis = json.load(f)
-    ids = sorted(c["id"] for c in lvis["categories"])
-    if ids != sorted(c["id"] for c in LVIS_CATEGORIES):
-        raise ValueError(f"{json_file}: expected the {len(LVIS_CATEGORIES)} LVIS v1 categories, "
-                         f"found {len(ids)}")
+    check_class_names(json_file, "lvis", {c["id"]: lvis_name(c) for c in lvis["categories"]},
+                      {c["id"]: c["name"] for c in get_vocabulary("lvis")})
     for img in tqdm.tqdm(lvis["images"], desc="LVIS v1 val images"):
         split_folder, file_name = img["coco_url"].split("/")[-2:]
         require_download([os.path.join(root, "coco", split_folder, file_name)], DOWNLOAD_HINT)

@@ -1,7 +1,7 @@
 """The reusable part of the demo: run MaskCLIP on an image and draw the result with
 Detectron2's Visualizer, labels taken from the vocabulary."""
 import colorsys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,9 +74,11 @@ class VisualizationDemo:
         self.predictor = predictor
         self.confidence_threshold = confidence_threshold
 
-    def run_on_image(self, rgb: np.ndarray, vocabulary: Sequence[str], tasks: Sequence[str]):
-        """Returns (outputs, {task: drawn RGB image}, {task: segments})."""
-        outputs = self.predictor(rgb, vocabulary=vocabulary, task=list(tasks))
+    def run_on_image(self, rgb: np.ndarray, vocabulary: Sequence[str], tasks: Sequence[str],
+                     is_thing: Optional[Sequence[bool]] = None):
+        """Returns (outputs, {task: drawn RGB image}, {task: segments}); ``is_thing``: per
+        class, thing or stuff (None: all things)."""
+        outputs = self.predictor(rgb, vocabulary=vocabulary, task=list(tasks), is_thing=is_thing)
         metadata = demo_metadata(vocabulary)
         kept = kept_results(outputs, tasks, self.confidence_threshold)
         drawn, segments = {}, {}

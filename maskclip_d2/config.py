@@ -1,12 +1,15 @@
 """Config keys of maskclip-d2. Defaults are the paper's (ViT-L/14@336px, RMA at every L/4-th
 layer, 100 proposals, 2 CE + 5 dice + 5 BCE, AdamW at 1e-4)."""
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .modeling.clip_baseline import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 from .modeling.mask2former_config import add_mask2former_config
 
-__all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only"]
+__all__ = ["add_maskclip_config", "get_maskclip_cfg", "shapes_only", "choose_device"]
 
 
 def add_maskclip_config(cfg):
@@ -48,8 +51,20 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.TEMPERATURE = 0.01
     # Prompt templates; "{}" is replaced by the class name. ["{}"] = the bare name (authors).
     cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES = ["{}"]
+    # False: each class name string is ONE prompt, "building, edifice" included (the authors');
+    # True: "a, b" lists synonyms whose embeddings are averaged.
+    cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS = False
     # Vocabulary used when no dataset is named (e.g. the demo); a dataset's metadata wins.
+    # Class names, or one preset name (["ade20k_150"]; see maskclip_d2.data.vocabularies).
     cfg.MODEL.MASKCLIP.VOCABULARY = []
+    # The image CLIP sees and the extent of the masks it gets:
+    #   "padded_batch": the padded batch (SIZE_DIVISIBILITY, padding = MODEL.PIXEL_MEAN) resized
+    #                   to R x R, proposals over the padded extent (the authors');
+    #   "crop": each image without its padding resized to R x R, proposals cropped to it.
+    cfg.MODEL.MASKCLIP.CLIP_INPUT = "padded_batch"
+    # Resampling of the image to R x R: "bicubic" (the authors': without antialiasing, as their
+    # torchvision 0.11 did), "bicubic_antialias", "bilinear", "bilinear_antialias".
+    cfg.MODEL.MASKCLIP.CLIP_INTERPOLATION = "bicubic"
 
     # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
     # R-CNN, one class, class-agnostic masks) or "gt" (ground-truth masks, paper Table 7).
@@ -71,13 +86,18 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASKCLIP.IMPORTANCE_SAMPLE_RATIO = 0.75
 
-    # Inference outputs and panoptic post-processing (Mask2Former's defaults).
+    # Inference outputs and post-processing (the authors' ADE20K evaluation config).
     cfg.MODEL.MASKCLIP.TEST = CN()
     cfg.MODEL.MASKCLIP.TEST.SEMANTIC_ON = True
     cfg.MODEL.MASKCLIP.TEST.PANOPTIC_ON = True
     cfg.MODEL.MASKCLIP.TEST.INSTANCE_ON = True
-    cfg.MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD = 0.8
-    cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.8
+    cfg.MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD = 0.3
+    cfg.MODEL.MASKCLIP.TEST.OVERLAP_THRESHOLD = 0.5
+    # Panoptic overlap test, "mask2former" (the authors') or "visible" (postprocessing.OVERLAP_RULES).
+    cfg.MODEL.MASKCLIP.TEST.OVERLAP_RULE = "mask2former"
+    # Instances of a things + stuff vocabulary: "after_topk" (the authors': top-k over all
+    # classes, then keep things) or "before_topk" (top-k over things).
+    cfg.MODEL.MASKCLIP.TEST.INSTANCE_THING_FILTER = "after_topk"
 
     # ---- data ------------------------------------------------------------------------------
     # Training mapper: "coco_panoptic_lsj" (large-scale jitter on panoptic records) or
@@ -99,6 +119,7 @@ def get_maskclip_cfg(config_file=None, opts=()):
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    choose_device(cfg, config_file, opts)
     return cfg
 
 
@@ -113,3 +134,22 @@ def shapes_only(cfg):
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
     cfg.MODEL.MASKCLIP.VOCABULARY = list(cfg.MODEL.MASKCLIP.VOCABULARY) or ["object"]
     return cfg
+
+
+def choose_device(cfg, config_file=None, opts=()):
+    """MODEL.DEVICE as the user set it (in ``config_file``, its ``_BASE_`` files or ``opts``);
+    otherwise "cuda" when a GPU is usable and "cpu" when not, said in one log line (Detectron2's
+    default "cuda" fails on a machine without a GPU). Returns the device."""
+    opts = [str(o) for o in opts]
+    user_set = "MODEL.DEVICE" in opts[::2]
+    if config_file and not user_set:
+        loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+        user_set = "DEVICE" in (loaded.get("MODEL") or {})
+    if not user_set:
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        log = logging.getLogger(__name__)
+        if cfg.MODEL.DEVICE == "cpu":
+            log.warning("MODEL.DEVICE not set and no GPU is usable: running on the CPU")
+        else:
+            log.info("MODEL.DEVICE not set: running on the GPU (cuda)")
+    return cfg.MODEL.DEVICE

@@ -55,6 +55,7 @@ MIN_IMAGE_SIDE = 64
 CONFIG_KEY = "maskclip_d2.config"
 MIN_SIDE_KEY = "maskclip_d2.min_image_side"
 TEXT_GRAPH_KEY = "maskclip_d2.text_graph"
+SIZE_DIVISIBILITY_KEY = "maskclip_d2.size_divisibility"
 
 IMAGE_INPUTS = ("image", "class_embeddings")
 IMAGE_OUTPUTS = ("class_logits", "mask_logits", "objectness")
@@ -166,6 +167,7 @@ def export_onnx(model: MaskCLIP, cfg: CfgNode, path: str, optimize: bool = False
     _save(image_program, path, {
         CONFIG_KEY: cfg.dump(), MIN_SIDE_KEY: str(MIN_IMAGE_SIDE),
         TEXT_GRAPH_KEY: os.path.basename(text_path),
+        SIZE_DIVISIBILITY_KEY: str(model.size_divisibility),
     })
     return {"image_graph": path, "text_graph": text_path}
 
@@ -190,8 +192,9 @@ class ONNXTextEncoder(nn.Module):
     tokenisation, template and synonym ensembles (``ensemble_embeddings``), cache and checks."""
 
     def __init__(self, session, prompt_templates: Sequence[str], no_object_name: str,
-                 context_length: int, batch_size: int = 256):
+                 context_length: int, batch_size: int = 256, split_synonyms: bool = False):
         super().__init__()
+        self.split_synonyms = split_synonyms
         self.session = session
         self.prompt_templates = tuple(prompt_templates)
         self.no_object_name = no_object_name
@@ -207,7 +210,7 @@ class ONNXTextEncoder(nn.Module):
         names = check_vocabulary(class_names)
         if names not in self._cache:
             self._cache[names] = ensemble_embeddings(
-                names, self.prompt_templates, self.encode_text, self.batch_size
+                names, self.prompt_templates, self.encode_text, self.batch_size, self.split_synonyms
             )
         return self._cache[names]
 
@@ -248,11 +251,13 @@ class ONNXRuntimeMaskCLIP(MaskCLIP):
         mc = cfg.MODEL.MASKCLIP
         text_encoder = ONNXTextEncoder(
             text_session, mc.PROMPT_TEMPLATES, mc.NO_OBJECT_NAME,
-            text_session.get_inputs()[0].shape[-1],
+            text_session.get_inputs()[0].shape[-1], split_synonyms=mc.SPLIT_SYNONYMS,
         )
+        options = MaskCLIP.inference_options(cfg)
+        options["size_divisibility"] = int(metadata[SIZE_DIVISIBILITY_KEY])
         super().__init__(
             proposal_network=nn.Identity(), encoder=nn.Identity(), text_encoder=text_encoder,
-            criterion=None, **MaskCLIP.inference_options(cfg),
+            criterion=None, **options,
         )
         self.cfg = cfg
         self.session = session
@@ -300,7 +305,7 @@ class ONNXRuntimeMaskCLIP(MaskCLIP):
         )
         return {
             "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
-            "refined_masks": [],
+            "refined_masks": [], "padded_size": self.padded_size(batched_inputs),
         }
 
 

@@ -5,9 +5,11 @@
     outputs = predictor(image, vocabulary=["toy rabbit, real rabbit", "sky", "grass"],
                         task="panoptic")
 
-``image`` is a path, a PIL image or an (H, W, 3) uint8 RGB array; outputs are Detectron2's
-(``sem_seg``, ``panoptic_seg``, ``instances``), class ids indexing ``vocabulary``. The text
-embeddings of a vocabulary are computed once and reused across calls.
+``image`` is a path, a PIL image or an RGB array (see ``read_rgb_image``); outputs are
+Detectron2's (``sem_seg``, ``panoptic_seg``, ``instances``), class ids indexing
+``vocabulary``. The text embeddings of a vocabulary are computed once and reused across calls.
+Stuff classes (merged into one region in panoptic output, never instances) are named with
+``stuff=["sky", "grass"]`` or flagged with ``is_thing``; by default every class is a thing.
 """
 import os
 from typing import Dict, List, Optional, Sequence, Union
@@ -17,17 +19,38 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.data.detection_utils import read_image
 from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
+from .data.vocabularies import resolve_vocabulary
 from .modeling.text_encoder import check_vocabulary
 
-__all__ = ["Predictor", "TASKS", "parse_vocabulary", "check_vocabulary", "read_rgb_image"]
+__all__ = [
+    "Predictor", "TASKS", "parse_tasks", "parse_vocabulary", "check_vocabulary", "thing_flags",
+    "read_rgb_image",
+]
 
 # Output key of each task.
 TASKS = {"semantic": "sem_seg", "panoptic": "panoptic_seg", "instance": "instances"}
+
+
+def parse_tasks(task: Union[None, str, Sequence[str]]) -> List[str]:
+    """The tasks to run, each once, in the order given: None or "all" -> all three; a name,
+    comma-separated names ("semantic,panoptic") or a list of names. ValueError otherwise."""
+    if task is None:
+        return list(TASKS)
+    items = task.split(",") if isinstance(task, str) else list(task)
+    tasks = []
+    for item in items:
+        item = item.strip() if isinstance(item, str) else item
+        for name in TASKS if item == "all" else [item]:
+            if name not in tasks:
+                tasks.append(name)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)} (or 'all')")
+    return tasks
 
 
 def parse_vocabulary(text: str) -> List[str]:
@@ -41,25 +64,135 @@ def parse_vocabulary(text: str) -> List[str]:
     return list(check_vocabulary(classes))
 
 
+def thing_flags(
+    vocabulary: Sequence[str],
+    stuff: Optional[Sequence[str]] = None,
+    is_thing: Optional[Sequence[bool]] = None,
+    default: Optional[Sequence[bool]] = None,
+) -> List[bool]:
+    """Per class of ``vocabulary``, thing (True) or stuff (False).
+
+    Args:
+        vocabulary: the class names ("a, b" = synonyms).
+        stuff: names of the stuff classes; a name matches a class by its whole text or any
+            of its synonyms, case-insensitively ("sky" marks "sky, heaven"). A name that is
+            no class of the vocabulary is a ValueError.
+        is_thing: explicit flags, one per class (then ``stuff`` must be None).
+        default: the flags before ``stuff`` applies (e.g. a preset's); None: all things.
+    """
+    names = list(vocabulary)
+    if is_thing is not None:
+        if stuff is not None:
+            raise ValueError("give either is_thing (a flag per class) or stuff (class names), not both")
+        flags = list(is_thing)
+        if len(flags) != len(names) or not all(isinstance(f, (bool, np.bool_)) for f in flags):
+            raise ValueError(
+                f"is_thing must hold one True / False per class: {len(names)} classes, got {flags!r}"
+            )
+        return [bool(f) for f in flags]
+    flags = [True] * len(names) if default is None else [bool(f) for f in default]
+    if len(flags) != len(names):
+        raise ValueError(f"{len(flags)} thing flags for {len(names)} classes")
+    if stuff is None:
+        return flags
+    if isinstance(stuff, str):
+        raise ValueError(f"stuff must be a list of class names, got the string {stuff!r}")
+    index = {}
+    for i, name in enumerate(names):
+        for key in [name] + [s.strip() for s in name.split(",")]:
+            index.setdefault(key.strip().lower(), i)
+    unknown = [s for s in stuff if s.strip().lower() not in index]
+    if unknown:
+        raise ValueError(
+            f"stuff classes {unknown} are not in the vocabulary {names}: name a class or one of "
+            "its synonyms"
+        )
+    for name in stuff:
+        flags[index[name.strip().lower()]] = False
+    return flags
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image array of any numeric dtype as uint8 0-255, or ValueError: floats in [0, 1]
+    are scaled by 255, floats in (1, 255] taken as 0-255 values; uint16 is 16-bit
+    (0-65535, scaled down); other integers must lie in 0-255."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if image.dtype == np.uint16:
+        return np.round(image / 257.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("the image holds NaN or infinite values")
+        low, high = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"a float image must hold values in [0, 1] (or 0-255), got [{low:g}, {high:g}]"
+            )
+        scale = 255.0 if high <= 1 else 1.0
+        return np.round(image * scale).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = (int(image.min()), int(image.max())) if image.size else (0, 0)
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"an {image.dtype} image must hold values in 0-255, got {low}..{high} "
+                "(a 16-bit image: pass it as uint16)"
+            )
+        return image.astype(np.uint8)
+    raise ValueError(f"cannot read an image array of dtype {image.dtype}")
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """A PIL image, upright (EXIF orientation applied), as an array: 16-bit and 32-bit gray
+    modes keep their values (``_to_uint8`` scales them), everything else becomes RGB."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if image.mode == "I":  # 32-bit gray: 0-255 as is, up to 65535 as 16-bit
+        array = np.asarray(image)
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        return array.astype(np.uint16) if 255 < high <= 65535 and low >= 0 else array
+    if image.mode == "F":
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
 def read_rgb_image(image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a path, a PIL image or an array (gray, RGB or RGBA).
-    Raises ValueError naming the file if it is missing or not a readable image."""
+    """(H, W, 3) uint8 RGB from a path, a PIL image or an array.
+
+    Arrays may be (H, W), (H, W, 1) (gray), (H, W, 3) (RGB) or (H, W, 4) (RGBA, alpha
+    dropped), of dtype uint8 (0-255), uint16 (16-bit, scaled to 0-255), float (values in
+    [0, 1], or 0-255) or another integer type holding 0-255. Files are read upright (EXIF
+    orientation); 16-bit PNGs keep their full range. Raises ValueError naming the file if
+    it is missing or not a readable image, and saying what is wrong with an array.
+    """
+    path = None
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such image file")
-        try:  # Detectron2's reader: applies the EXIF orientation (phone photos)
-            image = read_image(path, format="RGB")
+        try:
+            with Image.open(path) as opened:
+                image = _pil_to_array(opened)
         except Exception as err:  # PIL raises many kinds for damaged files
             raise ValueError(f"{path}: not a readable image ({err})") from err
-    if isinstance(image, Image.Image):
-        image = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    elif isinstance(image, Image.Image):
+        image = _pil_to_array(image)
     image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got an array of shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+    try:
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+            raise ValueError(
+                f"expected an (H, W, 3) RGB image (or (H, W) / (H, W, 1) gray, (H, W, 4) RGBA), "
+                f"got an array of shape {image.shape}"
+            )
+        return np.ascontiguousarray(_to_uint8(image[..., :3]))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}" if path else str(err)) from None
 
 
 class Predictor:
@@ -118,6 +251,26 @@ class Predictor:
     def vocabulary(self) -> List[str]:
         return list(self.model.vocabulary)
 
+    @property
+    def is_thing(self) -> List[bool]:
+        """Per class of ``vocabulary``: thing (True) or stuff (False)."""
+        return self.model.is_thing.tolist()
+
+    def set_vocabulary(
+        self,
+        vocabulary: Sequence[str],
+        is_thing: Optional[Sequence[bool]] = None,
+        stuff: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Classify against ``vocabulary`` (class names or a preset name) from now on; its
+        thing / stuff flags are ``is_thing``, or the preset's (else all things) with the
+        classes named in ``stuff`` made stuff. The flags always follow this call."""
+        names, preset_flags = resolve_vocabulary(vocabulary)
+        names = list(check_vocabulary(names))
+        flags = thing_flags(names, stuff=stuff, is_thing=is_thing, default=preset_flags)
+        if names != self.model.vocabulary or flags != self.is_thing:
+            self.model.set_vocabulary(names, flags)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -125,26 +278,28 @@ class Predictor:
         vocabulary: Optional[Sequence[str]] = None,
         task: Union[None, str, Sequence[str]] = None,
         is_thing: Optional[Sequence[bool]] = None,
+        stuff: Optional[Sequence[str]] = None,
     ) -> Dict:
         """Segments one image.
 
         Args:
-            image: a path, a PIL image or an (H, W, 3) uint8 RGB array.
-            vocabulary: class names ("a, b" = synonyms); None keeps the current one.
-            task: "semantic", "panoptic", "instance", a list of them, or None for all three.
-            is_thing: per class, thing (True) or stuff (False) for panoptic merging;
-                None: all things.
+            image: a path, a PIL image or an RGB array (see ``read_rgb_image``).
+            vocabulary: class names ("a, b" = synonyms), or a preset name ("ade20k_150",
+                "coco_panoptic", ...: see ``maskclip_d2.data.vocabularies``) that brings its
+                thing / stuff flags; None keeps the current vocabulary and its flags.
+            task: "semantic", "panoptic", "instance", "all", a list of them, or None (all).
+            is_thing: per class, thing (True) or stuff (False) for panoptic merging.
+            stuff: or the names of the stuff classes (a class or one of its synonyms).
+                With a list of names and neither of these, every class is a thing; without a
+                vocabulary, they re-flag the current one.
         Returns:
             Detectron2's outputs for the task(s), at the image's resolution.
         """
-        tasks = list(TASKS) if task is None else [task] if isinstance(task, str) else list(task)
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+        tasks = parse_tasks(task)
         if vocabulary is not None:
-            vocabulary = list(check_vocabulary(vocabulary))
-            if vocabulary != self.model.vocabulary or is_thing is not None:
-                self.model.set_vocabulary(vocabulary, is_thing)
+            self.set_vocabulary(vocabulary, is_thing=is_thing, stuff=stuff)
+        elif is_thing is not None or stuff is not None:
+            self.set_vocabulary(self.vocabulary, is_thing=is_thing, stuff=stuff)
         inputs = self.inputs(image)
         model = self.model
         flags = (model.semantic_on, model.panoptic_on, model.instance_on)

@@ -6,7 +6,8 @@ from detectron2.config import get_cfg
 
 from maskclip_d2 import add_maskclip_config
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def test_defaults_are_the_papers():
@@ -49,3 +50,48 @@ def test_tiny_config_names_no_remote_weights():
     cfg.merge_from_file(str(Path(__file__).resolve().parent.parent / "configs/tiny/maskclip_tiny.yaml"))
     assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS == ""
     assert cfg.MODEL.CLIP.WEIGHTS == "random"
+
+
+# ---- the device and CPU threads, when the user does not say ---------------------------------
+def test_the_device_is_the_gpu_if_usable_else_the_cpu_unless_the_user_set_one(tmp_path):
+    import torch
+
+    from maskclip_d2 import get_maskclip_cfg
+
+    paper = str(REPO / "configs" / "coco" / "maskclip_vitl14_336.yaml")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert get_maskclip_cfg(paper).MODEL.DEVICE == auto  # Detectron2's default is "cuda"
+    assert get_maskclip_cfg().MODEL.DEVICE == auto
+    assert get_maskclip_cfg(paper, ["MODEL.DEVICE", "cuda"]).MODEL.DEVICE == "cuda"
+    # set in a config file, or in one of its _BASE_ files
+    base = tmp_path / "base.yaml"
+    base.write_text(f'_BASE_: "{paper}"\nMODEL:\n  DEVICE: "cuda:1"\n')
+    child = tmp_path / "child.yaml"
+    child.write_text('_BASE_: "base.yaml"\nSOLVER:\n  MAX_ITER: 5\n')
+    assert get_maskclip_cfg(str(child)).MODEL.DEVICE == "cuda:1"
+
+
+def test_cpu_processes_share_the_machines_cores(monkeypatch):
+    import os
+    import sys
+
+    import torch
+
+    from maskclip_d2 import get_maskclip_cfg
+
+    sys.path.insert(0, str(REPO))
+    import train_net
+
+    cfg = get_maskclip_cfg(None, ["MODEL.DEVICE", "cpu"])
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    try:
+        assert train_net.cpu_threads_per_process(cfg, 4, environ={}) == 4
+        assert torch.get_num_threads() == 4
+        assert train_net.cpu_threads_per_process(cfg, 32, environ={}) == 1
+        assert train_net.cpu_threads_per_process(cfg, 4, environ={"OMP_NUM_THREADS": "2"}) is None
+        assert train_net.cpu_threads_per_process(cfg, 1, environ={}) is None
+        cfg.MODEL.DEVICE = "cuda"
+        assert train_net.cpu_threads_per_process(cfg, 4, environ={}) is None
+    finally:
+        torch.set_num_threads(before)

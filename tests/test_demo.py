@@ -132,8 +132,9 @@ def test_predictor_reuses_text_embeddings_across_calls():
     image = skimage.data.chelsea()
     vocabulary = ["cat, kitty", "sofa", "wall"]
     first = predictor(image, vocabulary=vocabulary, task="semantic")
-    # One text forward per synonym, plus the no-object text, each exactly once.
-    assert sorted(encoded) == sorted(["cat", "kitty", "sofa", "wall", "other"])
+    # One text forward per class name (one prompt each, MODEL.MASKCLIP.SPLIT_SYNONYMS False),
+    # plus the no-object text, each exactly once.
+    assert sorted(encoded) == sorted(["cat, kitty", "sofa", "wall", "other"])
     assert first["sem_seg"].shape == (3, 300, 451)
 
     encoded.clear()
@@ -158,3 +159,119 @@ def test_photos_are_read_upright_from_their_exif_orientation(tmp_path):
     assert read_rgb_image(path).shape == (30, 20, 3)
     with Image.open(path) as im:
         assert read_rgb_image(im).shape == (30, 20, 3)
+
+
+# ---- results never replace inputs, each input its own results ------------------------------
+def _small_photo(path, name="coffee", fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(skimage.data, name)()[:48, :64]).save(path, format=fmt)
+    return path
+
+
+def test_same_stem_inputs_get_their_own_results_and_repeated_tasks_run_once(tmp_path, capsys):
+    inputs = [_small_photo(tmp_path / "a" / "photo.jpg", "coffee", "JPEG"),
+              _small_photo(tmp_path / "a" / "photo.png", "chelsea"),
+              _small_photo(tmp_path / "b" / "photo.png", "astronaut")]
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", *map(str, inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "semantic,semantic"])
+    assert rc == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a/photo_jpg.json", "a/photo_jpg.png", "a/photo_png.json", "a/photo_png.png",
+                       "b/photo.json", "b/photo.png"]
+    for stem, source in zip(["a/photo_jpg", "a/photo_png", "b/photo"], inputs):
+        with open(out / f"{stem}.json") as f:
+            record = json.load(f)
+        assert record["image"] == str(source)
+        assert sum(s["area"] for s in record["semantic"]) == 48 * 64  # one semantic map, once
+    assert "wrote 3 result(s)" in capsys.readouterr().out
+
+
+def test_results_that_would_replace_an_input_are_refused_before_the_model_loads(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    pic = _small_photo(folder / "pic.png")
+    original = pic.read_bytes()
+    # Loading this model would fail (no such CLIP file): the refusal must come first.
+    never_loads = ["--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]
+    for output in (str(folder), str(pic)):
+        rc = demo.main(["--config-file", TINY, "--input", str(folder), "--output", output,
+                        "--vocab", VOCAB, "--task", "semantic", *never_loads])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert f"would replace the input {pic}" in err and err.startswith("error:")
+        assert pic.read_bytes() == original and sorted(os.listdir(folder)) == ["pic.png"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "pic.png")
+    blocker = tmp_path / "results.txt"  # a file where the output folder should be
+    blocker.write_text("user data")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(blocker / "out"),
+                    "--vocab", VOCAB, "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write results to {blocker / 'out'}")
+    assert blocker.read_text() == "user data"
+
+
+# ---- stuff classes -----------------------------------------------------------------------
+def test_stuff_classes_from_the_command_line_reach_the_model(tmp_path, monkeypatch):
+    """The CLI's --stuff gives the model its thing / stuff flags (what the panoptic merging
+    does with them: tests/test_predictor.py)."""
+    flags = []
+    call = Predictor.__call__
+
+    def spy(self, *args, **kwargs):
+        outputs = call(self, *args, **kwargs)
+        flags.append(self.is_thing)
+        return outputs
+
+    monkeypatch.setattr(Predictor, "__call__", spy)
+    pic = _small_photo(tmp_path / "in" / "pic.png")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(out),
+                    "--vocab", "toy rabbit, real rabbit; sky, heaven; grass", "--stuff", "HEAVEN; grass",
+                    "--task", "panoptic", "--confidence-threshold", "0"])
+    assert rc == 0
+    assert flags == [[True, False, False]]
+    with open(out / "pic.json") as f:
+        record = json.load(f)
+    assert record["stuff"] == ["sky, heaven", "grass"]
+    for s in record["panoptic"]:
+        assert s["isthing"] == (s["class"] == "toy rabbit, real rabbit"), s
+
+
+def test_stuff_that_is_not_in_the_vocabulary_is_refused_before_the_model_loads(tmp_path, capsys):
+    rc = demo.main(["--config-file", TINY, "--output", str(tmp_path / "out"),
+                    "--vocab", "rabbit; sky", "--stuff", "ocean",
+                    "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2
+    assert "--stuff: stuff classes ['ocean'] are not in the vocabulary" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_vocabulary_brings_its_stuff_flags(tmp_path, monkeypatch):
+    from maskclip_d2.data.vocabularies import get_vocabulary
+
+    flags = []
+    call = Predictor.__call__
+    monkeypatch.setattr(Predictor, "__call__", lambda self, *a, **k: (
+        call(self, *a, **k), flags.append((self.vocabulary, self.is_thing)))[0])
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "out"),
+                    "--vocab", "ade20k_150", "--stuff", "person", "--task", "semantic"])
+    assert rc == 0
+    ade = get_vocabulary("ade20k_150")
+    (vocabulary, is_thing), = flags
+    assert vocabulary == [c["name"] for c in ade]
+    person = next(i for i, c in enumerate(ade) if c["name"] == "person")
+    assert ade[person]["isthing"] == 1 and not all(c["isthing"] for c in ade)  # --stuff: stuff
+    assert is_thing == [bool(c["isthing"]) and i != person for i, c in enumerate(ade)]
+
+
+def test_one_output_file_and_several_tasks_give_a_file_per_task(tmp_path):
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "res.png"),
+                    "--vocab", VOCAB, "--task", "semantic,panoptic"])
+    assert rc == 0
+    assert sorted(os.listdir(tmp_path)) == ["pic.png", "res.json", "res_panoptic.png", "res_semantic.png"]

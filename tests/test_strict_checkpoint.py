@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from maskclip_d2.checkpoint import CheckpointMismatchError, StrictCheckpointer
+from maskclip_d2.checkpoint import CheckpointMismatchError, StrictCheckpointer, TrainingCheckpointer
 
 
 def two_layers(width=3):
@@ -32,3 +32,73 @@ def test_mismatching_checkpoint_is_refused(tmp_path, state, message):
     with pytest.raises(CheckpointMismatchError, match="does not match the model") as err:
         StrictCheckpointer(two_layers()).load(str(tmp_path / "bad.pth"))
     assert message in str(err.value)
+
+
+# ---- files that are not checkpoints ----------------------------------------------------------
+class NotATensor:
+    pass
+
+
+def _pickled_object(path):
+    torch.save({"model": two_layers().state_dict(), "extra": NotATensor()}, path)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    (lambda p: p.write_text("<html>404 Not Found</html>\n"), "is not a PyTorch checkpoint"),
+    (_pickled_object, "holds pickled Python objects besides tensors"),
+    (lambda p: (torch.save({"model": two_layers().state_dict()}, p),
+                p.write_bytes(p.read_bytes()[:300])), "is damaged or truncated"),
+], ids=["empty", "text", "pickled-object", "truncated"])
+def test_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path, write, message):
+    path = tmp_path / "model_final.pth"
+    write(path)
+    with pytest.raises(ValueError) as err:
+        StrictCheckpointer(two_layers()).load(str(path))
+    text = str(err.value)
+    assert str(path) in text and message in text
+    assert "weights_only=False" not in text  # never the advice for an untrusted file
+
+
+# ---- training: strict except the documented partial loads -------------------------------------
+class WithHead(nn.Module):
+    """A backbone and a Mask2Former-named class head (``sem_seg_head.predictor.class_embed``)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.backbone = nn.Linear(3, 4)
+        self.sem_seg_head = nn.Module()
+        self.sem_seg_head.predictor = nn.Module()
+        self.sem_seg_head.predictor.class_embed = nn.Linear(4, num_classes + 1)
+
+
+def test_training_replaces_a_class_head_of_another_size_and_refuses_the_rest(tmp_path):
+    source = WithHead(num_classes=80)
+    torch.save({"model": source.state_dict()}, tmp_path / "coco.pth")
+    target = WithHead(num_classes=1)
+    head = target.sem_seg_head.predictor.class_embed.weight.clone()
+    TrainingCheckpointer(target).load(str(tmp_path / "coco.pth"))
+    assert torch.equal(target.backbone.weight, source.backbone.weight)
+    assert torch.equal(target.sem_seg_head.predictor.class_embed.weight, head)  # re-initialised
+    with pytest.raises(CheckpointMismatchError, match="class head"):  # evaluation stays strict
+        StrictCheckpointer(WithHead(1)).load(str(tmp_path / "coco.pth"))
+
+    torch.save({"model": {"backbone.weight": torch.zeros(4, 3)}}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointMismatchError, match="3 keys missing from the checkpoint: backbone.bias"):
+        TrainingCheckpointer(WithHead(1)).load(str(tmp_path / "partial.pth"))
+
+
+def test_training_accepts_an_imagenet_backbone_file(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    # Detectron2's model-zoo format for weights converted from another framework.
+    backbone = {"backbone.weight": np.ones((4, 3), dtype=np.float32), "fc1000.weight": np.zeros(2)}
+    with open(tmp_path / "R-50.pkl", "wb") as f:
+        pickle.dump({"model": backbone, "__author__": "torchvision", "matching_heuristics": True}, f)
+    model = WithHead(1)
+    TrainingCheckpointer(model).load(str(tmp_path / "R-50.pkl"))
+    assert torch.equal(model.backbone.weight, torch.ones(4, 3))
+    with pytest.raises(CheckpointMismatchError):  # evaluation stays strict
+        StrictCheckpointer(WithHead(1)).load(str(tmp_path / "R-50.pkl"))

@@ -270,3 +270,77 @@ def test_gt_proposals_need_a_panoptic_test_dataset(scenes, tmp_path):
     MetadataCatalog.get("maskclip_test_semantic_only").set(evaluator_type="sem_seg")
     with pytest.raises(ValueError, match="panoptic"):
         train_net.Trainer.build_test_loader(cfg, "maskclip_test_semantic_only")
+
+
+# ---- training loads checkpoints as strictly as evaluation ------------------------------------
+def test_training_refuses_a_checkpoint_that_does_not_match_the_model(scenes, tmp_path):
+    from maskclip_d2.checkpoint import CheckpointMismatchError
+
+    out = tmp_path / "out"
+    cfg = train_net.get_maskclip_cfg(TINY, opts(out))
+    model = train_net.Trainer.build_model(cfg)
+    state = {k: v for k, v in model.state_dict().items() if "rma" not in k}  # RMA weights lost
+    torch.save({"model": state}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointMismatchError, match="missing from the checkpoint: .*rma"):
+        run_main(*opts(out, **{"SOLVER.MAX_ITER": 1, "MODEL.WEIGHTS": tmp_path / "other.pth"}))
+    assert not (out / "model_final.pth").exists()
+
+
+# ---- several machines: two processes, one per "machine", over TCP ----------------------------
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(900)
+def test_two_machines_train_and_resume(tmp_path):
+    """`train_net.py --num-machines 2 --machine-rank {0,1} --dist-url tcp://127.0.0.1:PORT`,
+    as one would start it on two hosts (here both on this one, GLOO), sharing OUTPUT_DIR:
+    trains, checkpoints, and with --resume both machines continue from the checkpoint. A
+    machine that does not see the shared OUTPUT_DIR is an error, not a hang."""
+    root = write_scenes(tmp_path / "data", train_images=2, val_images=1)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+
+    def on_both_machines(max_iter, *flags, outs=(out, out)):
+        port = free_port()
+        procs = [subprocess.Popen(
+            [sys.executable, str(REPO / "train_net.py"), "--num-machines", "2",
+             "--machine-rank", str(rank), "--dist-url", f"tcp://127.0.0.1:{port}", *flags,
+             "--config-file", TINY,
+             *opts(outs[rank], **{"SOLVER.MAX_ITER": max_iter, "SOLVER.CHECKPOINT_PERIOD": 1})],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for rank in (0, 1)]
+        try:
+            return [(p.communicate(timeout=400)[0], p.returncode) for p in procs]
+        finally:  # a hang must not outlive the test
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+
+    for log, rc in on_both_machines(2):
+        assert rc == 0, log[-4000:]
+    first = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert first["iteration"] == 1
+    for log, rc in on_both_machines(4, "--resume"):
+        assert rc == 0, log[-4000:]
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 3
+    # Both machines resumed at iteration 2 (the global batch is split between them).
+    for log in ("log.txt", "log.txt.rank1"):
+        text = (out / log).read_text()
+        assert "Starting training from iteration 0" in text
+        assert "Starting training from iteration 2" in text, log
+    trained = [k for k in final["model"] if "rma" in k]
+    assert any(not torch.equal(final["model"][k], first["model"][k]) for k in trained)
+
+    # Machine 1 with its own, empty OUTPUT_DIR: both stop before training, saying why.
+    for log, rc in on_both_machines(6, "--resume", outs=(out, tmp_path / "elsewhere")):
+        assert rc != 0
+        assert "would start at different iterations [4, 0]" in log, log[-4000:]
+    assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 3

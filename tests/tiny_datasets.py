@@ -1,17 +1,23 @@
 """Tiny datasets in the official raw formats, written by the tests into a temporary folder,
 and what the dataset tests share (running a real ``datasets/prepare_*.py``, isolating the
-Detectron2 catalogs). Images are 24 x 32 pixels."""
+Detectron2 catalogs). Images are 24 x 32 pixels. The class lists are the real ones (the
+shipped vocabularies, written in each download's own format), so the prepare scripts' checks
+pass and the tests see the names a user sees."""
 import csv
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from panopticapi.utils import id2rgb
 from PIL import Image
+
+from maskclip_d2.data.vocabularies import PASCAL_CONTEXT_READABLE, get_vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 24, 32
@@ -52,24 +58,20 @@ def mtimes(folder):
 
 
 # ---- COCO panoptic -----------------------------------------------------------------------
-# 80 things with ids 1..90 minus 10 gaps (as in COCO), 53 stuff with ids 92..144.
-COCO_THING_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-COCO_STUFF_IDS = list(range(92, 145))
+# COCO's ids: 80 things in 1..90 (10 gaps), 53 stuff in 92..200.
+COCO_THING_IDS = [c["id"] for c in COCO_CATEGORIES if c["isthing"]]
+COCO_STUFF_IDS = [c["id"] for c in COCO_CATEGORIES if not c["isthing"]]
 
 
 def coco_categories():
-    cats = [{"id": i, "name": f"thing{i}", "supercategory": "x", "isthing": 1,
-             "color": [i, 0, 0]} for i in COCO_THING_IDS]
-    # Raw COCO stuff names carry suffixes: "wall-other-merged", "door-stuff", "floor-wood".
-    suffixes = ["-other-merged", "-stuff", "-merged", "-wood"]
-    cats += [{"id": i, "name": f"stuff{i}{suffixes[i % 4]}", "supercategory": "y", "isthing": 0,
-              "color": [0, i, 0]} for i in COCO_STUFF_IDS]
-    return cats
+    """The ``categories`` of COCO's panoptic JSON: raw names ("wall-other-merged")."""
+    return [{"id": c["id"], "name": c["name"], "supercategory": "s", "isthing": c["isthing"],
+             "color": list(c["color"])} for c in COCO_CATEGORIES]
 
 
 def coco_panoptic_image():
-    """Segment-id map and segments: stuff 92 (top half), thing 1 (bottom left), a crowd of
-    thing 3 (bottom right 8 x 8), the rest void."""
+    """Segment-id map and segments: stuff 92 "banner" (top half), thing 1 "person" (bottom
+    left), a crowd of thing 3 "car" (bottom right 8 x 8), the rest void."""
     pan = np.zeros((H, W), dtype=np.uint32)
     pan[:12] = 5
     pan[12:, :16] = 7
@@ -101,44 +103,69 @@ def write_coco_panoptic(root, splits=("val",)):
 
 
 # ---- ADE20K-150 --------------------------------------------------------------------------
-# Things: the semantic ids 51..150 (instance-class id i -> semantic id 50 + i).
 ADE_VAL_STEMS = ["ADE_val_00000001", "ADE_val_00000002"]
+# A few names as the official objectInfo150.csv spells them, unlike the shipped ones.
+ADE_OFFICIAL_SPELLINGS = {9: "windowpane;window", 38: "bathtub;bathing;tub;bath;tub",
+                          90: "television;television;receiver;tv;tv;set"}
+
+
+def ade_things():
+    """The semantic ids (1..150) of the 100 shipped things, in categoryMapping.txt order:
+    instance-class id i is ``ade_things()[i - 1]``."""
+    return [c["id"] + 1 for c in get_vocabulary("ade20k_150") if c["isthing"]]
+
+
+def ade_instance_class(semantic_id):
+    """The instance-class id (R of the instance PNGs) of a thing's semantic id."""
+    return ade_things().index(semantic_id) + 1
+
+
+def ade_official_name(semantic_id):
+    """A class name as objectInfo150.csv writes it: every comma and space a ";"."""
+    if semantic_id in ADE_OFFICIAL_SPELLINGS:
+        return ADE_OFFICIAL_SPELLINGS[semantic_id]
+    name = get_vocabulary("ade20k_150")[semantic_id - 1]["name"]
+    return ";".join(w for w in re.split(r"[,\s]+", name) if w)
 
 
 def ade_raw_semantic():
-    """Official semantic labels (0 void, 1..150) of the two images."""
+    """Official semantic labels (0 void, 1..150) of the two images: 1 "wall", 3 "sky",
+    2 "building" (stuff), 51 "refrigerator, icebox" and 58 "pillow" (things)."""
     first = np.zeros((H, W), dtype=np.uint8)
-    first[:12] = 1  # wall-like stuff
-    first[12:, :16] = 3  # stuff
-    first[12:, 16:] = 51  # thing class, two instances below
+    first[:12] = 1  # wall
+    first[12:, :16] = 3  # sky
+    first[12:, 16:] = 51  # refrigerator, two instances below
     second = np.full((H, W), 2, dtype=np.uint8)
-    second[8:16, 8:24] = 60
+    second[8:16, 8:24] = 58  # pillow
     return [first, second]
 
 
 def ade_raw_instances():
     """Official instance labels: R = instance-class id (1..100), G = instance id."""
+    fridge, pillow = ade_instance_class(51), ade_instance_class(58)
     first = np.zeros((H, W, 3), dtype=np.uint8)
-    first[12:, 16:24, :2] = (1, 1)  # semantic 51, instance 1
-    first[12:, 24:, :2] = (1, 2)  # semantic 51, instance 2
+    first[12:, 16:24, :2] = (fridge, 1)
+    first[12:, 24:, :2] = (fridge, 2)
     second = np.zeros((H, W, 3), dtype=np.uint8)
-    second[8:16, 8:24, :2] = (10, 1)  # semantic 60
+    second[8:16, 8:24, :2] = (pillow, 1)
     return [first, second]
 
 
 def write_ade20k_150(root):
     ade = Path(root) / "ADEChallengeData2016"
     ade.mkdir(parents=True, exist_ok=True)
+    things = ade_things()
     with open(ade / "objectInfo150.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["Idx", "Ratio", "Train", "Val", "Name"])
+        writer.writerow(["Idx", "Ratio", "Train", "Val", "Stuff", "Name"])
         for i in range(1, 151):
-            name = f"class{i};synonym{i}" if i % 2 else f"class{i}"
-            writer.writerow([i, 0.001, 10, 1, name])
+            writer.writerow([i, 0.001, 10, 1, int(i not in things), ade_official_name(i)])
     with open(ade / "categoryMapping.txt", "w") as f:
         f.write("Instacne100\tSceneParse150\tFullADE20K\n")
-        for i in range(1, 101):
-            f.write(f"{i}\t\t{50 + i}\t\t{1000 + i}\n")
+        for i, semantic_id in enumerate(things, start=1):
+            # the official file lists some instance ids twice (two full-ADE20K classes)
+            for full_id in ((1000 + i, 2000 + i) if i == 5 else (1000 + i,)):
+                f.write(f"{i}\t\t{semantic_id}\t\t{full_id}\n")
     for k, (stem, sem, ins) in enumerate(zip(ADE_VAL_STEMS, ade_raw_semantic(),
                                              ade_raw_instances())):
         save_image(ade / "images" / "validation" / f"{stem}.jpg", seed=k)
@@ -149,21 +176,18 @@ def write_ade20k_150(root):
 
 # ---- PASCAL Context ----------------------------------------------------------------------
 def pascal_context_labels():
-    """459 labels.txt names: the 59 benchmark names at ids 2, 9, 16, ... and fillers."""
-    from maskclip_d2.data.datasets.register_pascal_context import PASCAL_CONTEXT_59
-
-    names = {i: f"label{i}" for i in range(1, 460)}
-    for k, name in enumerate(PASCAL_CONTEXT_59):
-        names[2 + 7 * k] = name
-    return names
+    """labels.txt's 459 names by id (shipped id + 1), VOC's spelt as one word ("pottedplant")."""
+    as_in_file = {readable: raw for raw, readable in PASCAL_CONTEXT_READABLE.items()}
+    return {c["id"] + 1: as_in_file.get(c["name"], c["name"])
+            for c in get_vocabulary("pascal_context_459")}
 
 
 PASCAL_VAL_STEMS = ["2008_000002", "2008_000005"]
 
 
 def pascal_context_label_maps():
-    """LabelMap of the two val images: 0 (unlabeled), 2 ("aeroplane"), 9 ("bag"), 3 (a
-    class outside the 59), 459 (the last label)."""
+    """LabelMap of the two val images: 0 (unlabeled), 2 ("aeroplane"), 9 ("bag"), 3 ("air
+    conditioner", outside the 59), 459 ("wool", the last label)."""
     first = np.zeros((H, W), dtype=np.uint16)
     first[:, :8], first[:, 8:16], first[:, 16:24] = 2, 9, 3
     second = np.full((H, W), 459, dtype=np.uint16)
@@ -192,11 +216,9 @@ def write_pascal_context(root):
 
 # ---- COCO instances (48/17 split) --------------------------------------------------------
 def coco_instance_categories():
-    """80 categories with COCO's ids: the 65 names of the split and 15 fillers."""
-    from maskclip_d2.data.datasets.register_coco_ovd import COCO_OVD_BASE, COCO_OVD_TARGET
-
-    names = list(COCO_OVD_BASE + COCO_OVD_TARGET) + [f"other{i}" for i in range(15)]
-    return [{"id": i, "name": n, "supercategory": "s"} for i, n in zip(COCO_THING_IDS, names)]
+    """The ``categories`` of COCO's instances JSON: the 80 things, COCO's ids and names."""
+    return [{"id": c["id"], "name": c["name"], "supercategory": "s"}
+            for c in COCO_CATEGORIES if c["isthing"]]
 
 
 def box_annotation(ann_id, image_id, category_id, x, y, w, h):
@@ -207,14 +229,15 @@ def box_annotation(ann_id, image_id, category_id, x, y, w, h):
 
 
 def write_coco_instances(root):
-    """val: image 1 has a person (base) and a cat (target), image 2 only a filler class,
-    image 3 a dog (target). train: image 11 has a person and a cat, image 12 only a cat."""
+    """val: image 1 has a person (base) and a cat (target), image 2 only a fire hydrant (in
+    neither group), image 3 a dog (target). train: image 11 has a person and a cat, image 12
+    only a cat."""
     coco = Path(root) / "coco"
     cats = coco_instance_categories()
     cat_id = {c["name"]: c["id"] for c in cats}
     layouts = {
         "val": {1: [("person", 0, 0, 12, 12), ("cat", 16, 8, 12, 12)],
-                2: [("other0", 0, 0, 8, 8)], 3: [("dog", 4, 4, 16, 16)]},
+                2: [("fire hydrant", 0, 0, 8, 8)], 3: [("dog", 4, 4, 16, 16)]},
         "train": {11: [("person", 0, 0, 12, 12), ("cat", 16, 8, 12, 12)],
                   12: [("cat", 0, 0, 8, 8)]},
     }
@@ -255,18 +278,47 @@ def write_lvis(root):
 
 
 # ---- ADE20K full (847) -------------------------------------------------------------------
+# Class values (k = objectnames[k - 1]) of shipped classes and one that is not shipped.
+ADE_FULL_WALL, ADE_FULL_BUILDING, ADE_FULL_SKY, ADE_FULL_FLOOR = 2978, 312, 2420, 976
+ADE_FULL_NOT_SHIPPED = 1
+ADE_FULL_NUM_NAMES = 3200  # the release has 3688; the shipped ids go up to 3156
+ADE_FULL_BIG = (520, 600)  # (H, W) of a validation image whose short side exceeds 512
+
+
+def ade_full_objectnames():
+    """``objectnames`` of index_ade20k.pkl: the shipped names at their class value - 1."""
+    names = [f"filler object {k}" for k in range(1, ADE_FULL_NUM_NAMES + 1)]
+    for c in get_vocabulary("ade20k_847"):
+        names[c["id"] - 1] = c["name"]
+    return names
+
+
 def ade_full_class_maps():
-    """Class maps (0 = unlabeled) of 2 training and 2 validation images over 850 classes:
-    classes 848..850 appear only in training, so 847 are in both splits; class 5 covers most
-    training pixels, so it comes first."""
-    pixels = H * W  # 768
-    train1 = np.arange(1, pixels + 1)
-    train2 = np.full(pixels, 5)
-    train2[:82] = np.arange(769, 851)
-    val1 = np.arange(1, pixels + 1)
-    val2 = np.zeros(pixels, dtype=np.int64)
-    val2[:79] = np.arange(769, 848)
-    return [m.reshape(H, W) for m in (train1, train2, val1, val2)]
+    """Class maps (0 = unlabeled) of 1 training and 3 validation images. Validation 1 (24 x
+    32): wall, building, a class outside the 847 and unlabeled, 8 columns each; validation 2:
+    sky on top, unlabeled below; validation 3 (520 x 600, resized by the preparation): wall
+    on top, floor below, sky on the right."""
+    train = np.full((H, W), ADE_FULL_WALL)
+    val1 = np.zeros((H, W), dtype=np.int64)
+    val1[:, :8], val1[:, 8:16] = ADE_FULL_WALL, ADE_FULL_BUILDING
+    val1[:, 16:24] = ADE_FULL_NOT_SHIPPED
+    val2 = np.zeros((H, W), dtype=np.int64)
+    val2[:12] = ADE_FULL_SKY
+    big = np.full(ADE_FULL_BIG, ADE_FULL_WALL)
+    big[260:] = ADE_FULL_FLOOR
+    big[:, 300:] = ADE_FULL_SKY
+    return [train, val1, val2, big]
+
+
+def ade_full_big_image():
+    """The RGB image of validation 3: smooth gradients (JPEG keeps them nearly exact)."""
+    ys, xs = np.mgrid[:ADE_FULL_BIG[0], :ADE_FULL_BIG[1]]
+    return np.stack([ys * 255 // ADE_FULL_BIG[0], xs * 255 // ADE_FULL_BIG[1],
+                     np.full_like(ys, 128)], axis=-1).astype(np.uint8)
+
+
+ADE_FULL_STEMS = ["ADE_train_00000000", "ADE_val_00000001", "ADE_val_00000002",
+                  "ADE_val_00000003"]
 
 
 def write_ade20k_full(root):
@@ -274,19 +326,22 @@ def write_ade20k_full(root):
 
     base = Path(root) / "ADE20K_2021_17_01"
     folders, filenames = [], []
-    splits = ["training", "training", "validation", "validation"]
-    for k, (split, cls) in enumerate(zip(splits, ade_full_class_maps())):
+    for k, (stem, cls) in enumerate(zip(ADE_FULL_STEMS, ade_full_class_maps())):
+        split = "training" if "_train_" in stem else "validation"
         folder = f"ADE20K_2021_17_01/images/ADE/{split}/urban/street"
-        stem = f"ADE_{'train' if split == 'training' else 'frame'}_{k:08d}"
-        save_image(Path(root) / folder / f"{stem}.jpg", seed=k)
-        seg = np.zeros((H, W, 3), dtype=np.uint8)
+        if cls.shape == (H, W):
+            save_image(Path(root) / folder / f"{stem}.jpg", seed=k)
+        else:
+            Image.fromarray(ade_full_big_image()).save(Path(root) / folder / f"{stem}.jpg",
+                                                       quality=100)
+        seg = np.zeros((*cls.shape, 3), dtype=np.uint8)
         seg[..., 0], seg[..., 1] = cls // 256 * 10, cls % 256
         save_png(Path(root) / folder / f"{stem}_seg.png", seg)
         folders.append(folder)
         filenames.append(f"{stem}.jpg")
-    names = [f"object{k}, synonym{k}" for k in range(1, 851)]
     with open(base / "index_ade20k.pkl", "wb") as f:
-        pickle.dump({"folder": folders, "filename": filenames, "objectnames": names}, f)
+        pickle.dump({"folder": folders, "filename": filenames,
+                     "objectnames": ade_full_objectnames()}, f)
     return base
 
 

@@ -32,7 +32,15 @@ and ``maskclip/modeling/attention.py``; their ``MaskFormer`` meta-architecture h
 
 ``l_j`` is the j-th RMA layer (1-based): the authors' blocks 5, 11, 17, 23 (0-based, the
 blocks whose attention has ``*_added_params``) are our layers 6, 12, 18, 24, and their
-``conv{1,3}_added_params[i // 6]`` index those blocks in order.
+``conv{1,3}_added_params[i // 6]`` index those blocks in order. Their code always builds
+four ``conv*_added_params`` pairs; in a CLIP with fewer layers (e.g. 12: RMA in blocks 5 and
+11 only, our ``MODEL.MASKCLIP.RMA_LAYERS [6, 12]``) the pairs of blocks that do not exist
+were never used, and are left out (listed).
+
+``--drop-class-head`` leaves the proposal network's class head
+(``sem_seg_head.predictor.class_embed``) out, e.g. to use a standard 133-class Mask2Former as
+the proposal network; the model keeps its own (unused by MaskCLIP in "rma" mode when
+``NUM_PROPOSALS`` equals the number of queries), and it is not reported missing.
 
 What their checkpoint does not hold:
 * CLIP's text tower (they compute the text embeddings from ``clip.load`` at start-up). Pass
@@ -131,11 +139,19 @@ def load_checkpoint(path: str, allow_pickle: bool = False) -> Dict[str, torch.Te
     return state
 
 
-def convert_proposals(state: Mapping[str, torch.Tensor], prefix: str = PROPOSAL_PREFIX) -> Tuple[Dict, List[str]]:
+CLASS_HEAD = "sem_seg_head.predictor.class_embed."
+
+
+def convert_proposals(
+    state: Mapping[str, torch.Tensor], prefix: str = PROPOSAL_PREFIX, drop_class_head: bool = False
+) -> Tuple[Dict, List[str]]:
     """The Mask2Former part (``backbone.*``, ``sem_seg_head.*``): same names as ours, under
-    ``prefix``. Returns (converted, keys not converted)."""
+    ``prefix``; without its class head when ``drop_class_head``. Returns (converted, keys not
+    converted)."""
     converted, rest = {}, []
     for key, value in state.items():
+        if drop_class_head and key.startswith(CLASS_HEAD):
+            continue
         if key.startswith(("backbone.", "sem_seg_head.")):
             converted[prefix + key] = value
         else:
@@ -143,25 +159,32 @@ def convert_proposals(state: Mapping[str, torch.Tensor], prefix: str = PROPOSAL_
     return converted, rest
 
 
-def convert_maskclip(state: Mapping[str, torch.Tensor]) -> Tuple[Dict, List[str]]:
+def convert_maskclip(state: Mapping[str, torch.Tensor], drop_class_head: bool = False) -> Tuple[Dict, List[str], List[str]]:
     """The authors' ``model_final.pth``: proposal network + MaskCLIP encoder (see the module
-    docstring for the mapping). Returns (converted, keys not converted)."""
-    converted, rest = convert_proposals(state)
+    docstring for the mapping). Returns (converted, keys not converted, keys left out because
+    their code built them for blocks this CLIP does not have)."""
+    converted, rest = convert_proposals(state, drop_class_head=drop_class_head)
     rma_blocks = sorted({int(m.group(1)) for k in state if (m := _ATTN_ADDED.match(k))})
     conv_indices = sorted({int(m.group(2)) for k in state if (m := _CONV_ADDED.match(k))})
-    if len(conv_indices) != len(rma_blocks) or conv_indices != list(range(len(conv_indices))):
+    # Their code builds conv*_added_params for four blocks whatever the depth; pair j serves
+    # the j-th RMA block, and pairs beyond the blocks that have RMA weights were never used.
+    if conv_indices != list(range(len(conv_indices))) or len(conv_indices) < len(rma_blocks):
         raise ValueError(
             f"the checkpoint has RMA attention weights in blocks {rma_blocks} (0-based) but "
-            f"conv1/conv3_added_params indices {conv_indices}: expected one of each per RMA block"
+            f"conv1/conv3_added_params indices {conv_indices}: expected pairs 0, 1, ... for "
+            f"every RMA block"
         )
+    unused = conv_indices[len(rma_blocks):]
     layer_of_conv = {j: block + 1 for j, block in enumerate(rma_blocks)}  # our 1-based layers
 
-    unconverted = []
+    unconverted, left_out = [], []
     for key in rest:
         value = state[key]
         if m := _ATTN_ADDED.match(key):
             block, name, kind = int(m.group(1)), m.group(2), m.group(3)
             converted[f"{ENCODER_PREFIX}rma_layers.{block + 1}.{_OURS_OF_ATTN[name]}.{kind}"] = value
+        elif (m := _CONV_ADDED.match(key)) and int(m.group(2)) in unused:
+            left_out.append(key)
         elif m := _CONV_ADDED.match(key):
             conv, j, kind = m.group(1), int(m.group(2)), m.group(3)
             layer = layer_of_conv[j]
@@ -177,7 +200,7 @@ def convert_maskclip(state: Mapping[str, torch.Tensor]) -> Tuple[Dict, List[str]
             converted[ENCODER_PREFIX + "visual." + key[len(_AUTHORS_VISUAL):]] = value
         else:
             unconverted.append(key)
-    return converted, unconverted
+    return converted, unconverted, left_out
 
 
 def text_tower_state(clip_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -251,6 +274,8 @@ def get_parser():
     parser.add_argument("--allow-unknown", action="store_true", help="write even if the input has keys the mapping does not know")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow full unpickling of the inputs (can run code: trusted files only)")
+    parser.add_argument("--drop-class-head", action="store_true",
+                        help="leave the proposal network's class head out (e.g. a 133-class Mask2Former)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
 
@@ -266,11 +291,14 @@ def main(argv=None, target_state: Optional[Mapping[str, torch.Tensor]] = None) -
     try:
         converted, unknown = {}, []
         if args.maskclip:
-            converted, rest = convert_maskclip(load_checkpoint(args.maskclip, args.allow_pickle))
+            converted, rest, left_out = convert_maskclip(
+                load_checkpoint(args.maskclip, args.allow_pickle), args.drop_class_head)
             unknown += [f"{args.maskclip}: {k}" for k in rest if k not in KNOWN_UNUSED]
+            _print_list("left out: built by the authors' code for RMA blocks this CLIP does not have", left_out)
         if args.proposals:
             prefix = "" if proposals_only else PROPOSAL_PREFIX
-            proposals, rest = convert_proposals(load_checkpoint(args.proposals, args.allow_pickle), prefix)
+            proposals, rest = convert_proposals(
+                load_checkpoint(args.proposals, args.allow_pickle), prefix, args.drop_class_head)
             unknown += [f"{args.proposals}: {k}" for k in rest if k not in KNOWN_UNUSED]
             converted, differing = merge(converted, proposals)
             _print_list("proposal-network keys that differ between the two files (kept from --maskclip)", differing)
@@ -288,7 +316,10 @@ def main(argv=None, target_state: Optional[Mapping[str, torch.Tensor]] = None) -
     _print_list("not converted, known", [f"{k}: {why}" for k, why in KNOWN_UNUSED.items()])
     _print_list("UNKNOWN keys of the input (no mapping)", unknown)
     _print_list("keys with no counterpart in our model", report["unexpected"])
-    missing = report["missing"]
+    # the criterions' no-object weights come from the config (SetCriterion)
+    missing = [k for k in report["missing"] if not k.endswith("criterion.empty_weight")]
+    if args.drop_class_head:
+        missing = [k for k in missing if CLASS_HEAD not in k]
     notes = []
     if any(k.startswith(TEXT_PREFIX) for k in missing):
         notes.append("text_encoder.*: the authors' checkpoint has no text tower; pass --clip-weights")

@@ -77,6 +77,12 @@ def _panoptic_dataset_evaluators(cfg, dataset_name, output_folder):
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
     if semantic_on and metadata.get("sem_seg_root", None):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+    elif semantic_on:
+        logging.getLogger(__name__).warning(
+            f"no mIoU for '{dataset_name}': its metadata has no sem_seg_root (semantic PNGs); "
+            "register it with maskclip_d2.data.datasets.register_panoptic_dataset, which "
+            "derives them from the panoptic PNGs"
+        )
     json_file = metadata.get("json_file", None)
     if instance_on and json_file and os.path.isfile(json_file):
         evaluators.append(PanopticThingsCOCOEvaluator(

@@ -75,6 +75,7 @@ class SetCriterion(nn.Module):
         oversample_ratio: float,
         importance_sample_ratio: float,
         deep_supervision: bool = True,
+        save_empty_weight: bool = False,
     ):
         """
         Args:
@@ -86,6 +87,8 @@ class SetCriterion(nn.Module):
             oversample_ratio, importance_sample_ratio: PointRend's k and beta for choosing the
                 points (uncertain points from k * num_points candidates, beta of them).
             deep_supervision: also supervise ``outputs["aux_outputs"]``.
+            save_empty_weight: keep the class weights (``empty_weight``) in state dicts, as
+                Mask2Former does (stage 1; stage 2's depend on the vocabulary size).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -98,7 +101,12 @@ class SetCriterion(nn.Module):
         self.deep_supervision = deep_supervision
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = no_object_weight
-        self.register_buffer("class_weights", class_weights, persistent=False)
+        # Mask2Former's name for it. Saved in checkpoints only when ``save_empty_weight`` (stage
+        # 1, like Mask2Former's, so checkpoints load both ways); a checkpoint that lacks it, or
+        # has it when it is not saved (the references' stage 2), loads: it is derived from the
+        # config, never learnt.
+        self.register_buffer("empty_weight", class_weights, persistent=save_empty_weight)
+        self.register_load_state_dict_pre_hook(_accept_any_empty_weight)
 
     def loss_labels(self, outputs, targets, indices) -> Dict[str, torch.Tensor]:
         """Weighted cross-entropy over all queries; unmatched queries' target is no-object."""
@@ -111,7 +119,7 @@ class SetCriterion(nn.Module):
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         for b, (query_idx, target_idx) in enumerate(indices):
             target_classes[b, query_idx.to(logits.device)] = targets[b]["labels"][target_idx.to(logits.device)]
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.class_weights.to(logits))
+        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits))
         return {"loss_ce": loss}
 
     def loss_masks(self, outputs, targets, indices, num_masks: float) -> Dict[str, torch.Tensor]:
@@ -181,7 +189,16 @@ class SetCriterion(nn.Module):
         )
 
 
-def build_set_criterion(num_classes: int, node) -> SetCriterion:
+def _accept_any_empty_weight(module, state_dict, prefix, *args):
+    """Load-time hook of ``SetCriterion``: the config's no-object weights win over a
+    checkpoint's ``empty_weight`` (present or not, of any vocabulary size)."""
+    key = prefix + "empty_weight"
+    state_dict.pop(key, None)
+    if key in module.state_dict(prefix=prefix):
+        state_dict[key] = module.empty_weight.detach().clone()
+
+
+def build_set_criterion(num_classes: int, node, save_empty_weight: bool = False) -> SetCriterion:
     """The matcher and criterion from a config node with Mask2Former's loss keys
     (CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS,
     OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO, DEEP_SUPERVISION): ``cfg.MODEL.MASK_FORMER``
@@ -196,7 +213,7 @@ def build_set_criterion(num_classes: int, node) -> SetCriterion:
         dice_weight=node.DICE_WEIGHT, no_object_weight=node.NO_OBJECT_WEIGHT,
         num_points=node.TRAIN_NUM_POINTS, oversample_ratio=node.OVERSAMPLE_RATIO,
         importance_sample_ratio=node.IMPORTANCE_SAMPLE_RATIO,
-        deep_supervision=node.DEEP_SUPERVISION,
+        deep_supervision=node.DEEP_SUPERVISION, save_empty_weight=save_empty_weight,
     )
 
 

@@ -1,8 +1,11 @@
 """MaskCLIP's first stage: class-agnostic mask proposals, frozen.
 
-Every proposal source maps a batch of Detectron2 inputs to ``(mask_logits, objectness)``:
-``mask_logits`` (B, Q, S, S) cover each image's unpadded extent resampled to S x S (the CLIP
-input resolution), ``objectness`` (B, Q) in [0, 1]. Sources, chosen by
+Every proposal source maps a batch of Detectron2 inputs, the CLIP input resolution S and the
+padded batch size (or None) to ``(mask_logits, objectness)``: ``mask_logits`` (B, Q, S, S)
+cover each image's unpadded extent resampled to S x S (``padded_size`` None: MaskCLIP's
+``CLIP_INPUT`` "crop"), or the whole ``padded_size`` (H, W) extent of the padded batch, whose
+images sit top-left ("padded_batch", the authors'); ``objectness`` (B, Q) in [0, 1], proposals
+in the network's query order. Sources, chosen by
 ``MODEL.MASKCLIP.PROPOSAL_NETWORK``:
 
 * ``"mask2former"``: the class-agnostic Mask2Former (``ClassAgnosticMask2Former``);
@@ -10,7 +13,7 @@ input resolution), ``objectness`` (B, Q) in [0, 1]. Sources, chosen by
 * ``"gt"``: the ground-truth masks of the inputs (the paper's Table 7 setting).
 """
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.modeling import GeneralizedRCNN
@@ -78,17 +81,30 @@ class Mask2FormerProposals(_FrozenProposals):
         self.num_proposals = num_proposals
 
     @torch.no_grad()
-    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batched_inputs: List[Dict], size: int, padded_size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         images = self.network.preprocess_image(batched_inputs)
         mask_logits, objectness_logits = self.network.propose(images.tensor)
         objectness = objectness_logits.sigmoid()
         k = min(self.num_proposals, objectness.shape[1])
-        objectness, top = objectness.topk(k, dim=1)
+        top = objectness.topk(k, dim=1).indices.sort(dim=1).values  # kept in query order
+        objectness = objectness.gather(1, top)
         mask_logits = mask_logits.gather(
             1, top[..., None, None].expand(-1, -1, *mask_logits.shape[-2:])
         )
-        stride = self.network.sem_seg_head.pixel_decoder.common_stride
-        return crop_and_resize(mask_logits, images.image_sizes, stride, size), objectness
+        if padded_size is None:
+            # an int, not a ratio of (symbolic) sizes: an exported graph keeps the image size
+            stride = self.network.sem_seg_head.pixel_decoder.common_stride
+            return crop_and_resize(mask_logits, images.image_sizes, stride, size), objectness
+        if tuple(images.tensor.shape[-2:]) != tuple(padded_size):
+            raise ValueError(
+                f"the proposal network padded the batch to {tuple(images.tensor.shape[-2:])}, "
+                f"MaskCLIP expected {tuple(padded_size)}: MODEL.MASK_FORMER.SIZE_DIVISIBILITY "
+                f"must be the proposal network's"
+            )
+        # the authors': the padded maps resized as a whole
+        return F.interpolate(mask_logits, (size, size), mode="bilinear", align_corners=False), objectness
 
 
 def paste_soft_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size, size: int) -> torch.Tensor:
@@ -129,7 +145,9 @@ class MaskRCNNProposals(_FrozenProposals):
         self.mask_logit = mask_logit
 
     @torch.no_grad()
-    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batched_inputs: List[Dict], size: int, padded_size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         # Detections in the coordinates of the network's input (each "image" as given, before
         # padding); det.image_size is that image's unpadded (height, width).
         detections = self.network.inference(batched_inputs, do_postprocess=False)
@@ -143,7 +161,8 @@ class MaskRCNNProposals(_FrozenProposals):
             if len(det) == 0:
                 continue
             # pred_masks: (N, 1, M, M) probabilities (class-agnostic: one mask per detection)
-            probs = paste_soft_masks(det.pred_masks[:, 0], det.pred_boxes.tensor, det.image_size, size)
+            extent = det.image_size if padded_size is None else padded_size
+            probs = paste_soft_masks(det.pred_masks[:, 0], det.pred_boxes.tensor, extent, size)
             logits[b, : len(det)] = torch.logit(probs, eps=1e-6).clamp(-self.mask_logit, self.mask_logit)
             objectness[b, : len(det)] = det.scores
         return logits, objectness
@@ -160,8 +179,13 @@ class GTProposals(nn.Module):
         super().__init__()
         self.mask_logit = mask_logit
 
-    def forward(self, batched_inputs: List[Dict], size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batched_inputs: List[Dict], size: int, padded_size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         masks = [gt_masks_of(x) for x in batched_inputs]
+        if padded_size is not None:
+            masks = [F.pad(m.float(), (0, padded_size[1] - m.shape[-1], 0, padded_size[0] - m.shape[-2]))
+                     for m in masks]
         count = max([len(m) for m in masks], default=0)
         logits = torch.full((len(masks), count, size, size), -self.mask_logit)
         objectness = torch.zeros((len(masks), count))

@@ -3,8 +3,9 @@
 * Prompt templates (``"{}"`` is replaced by the name): the default ``["{}"]`` is the bare
   name, as the authors do; several templates form an ensemble, averaged like CLIP's (mean of
   the L2-normalised prompt embeddings, normalised again).
-* A class name may list synonyms, ``"name1, name2"``: each synonym gets its ensemble
-  embedding, and the class embedding is their normalised mean.
+* A class name is one prompt as it stands, ``"building, edifice"`` included (the authors',
+  ``split_synonyms=False``); with ``split_synonyms=True`` it lists synonyms, ``"name1, name2"``:
+  each synonym gets its ensemble embedding, and the class embedding is their normalised mean.
 * Embeddings are cached per (class names, templates) on this module, so a repeated
   vocabulary costs nothing. The cache belongs to this text tower: it is emptied when a state
   dict is loaded into the module, and keyed by device and dtype too.
@@ -17,6 +18,7 @@
   (default ``"other"``, as in the authors' code). It adds no weights, so training leaves
   CLIP's image-text space alone and the score exists for any vocabulary.
 """
+import logging
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import clip
@@ -26,6 +28,8 @@ from clip.model import CLIP
 from torch import nn
 
 from detectron2.config import configurable
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPTextEncoder", "check_vocabulary", "ensemble_embeddings"]
 
@@ -45,6 +49,7 @@ class CLIPTextEncoder(nn.Module):
         prompt_templates: Sequence[str] = ("{}",),
         temperature: float = 0.01,
         no_object_name: str = "other",
+        split_synonyms: bool = False,
         batch_size: int = 256,
     ):
         """
@@ -53,6 +58,8 @@ class CLIPTextEncoder(nn.Module):
             prompt_templates: templates with one "{}" each, e.g. ["a photo of a {}."].
             temperature: logits = cosine similarity / temperature.
             no_object_name: text of the no-object class appended with ``no_object=True``.
+            split_synonyms: False: each class name is one prompt (the authors'); True: "a, b"
+                are synonyms whose embeddings are averaged.
             batch_size: prompts per text-tower forward pass.
         """
         super().__init__()
@@ -71,6 +78,7 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError("no_object_name must be a non-empty text")
         self.temperature = temperature
         self.no_object_name = no_object_name
+        self.split_synonyms = split_synonyms
         self.batch_size = batch_size
         self.context_length = clip_model.context_length
 
@@ -93,6 +101,7 @@ class CLIPTextEncoder(nn.Module):
             "prompt_templates": list(cfg.MODEL.MASKCLIP.PROMPT_TEMPLATES),
             "temperature": cfg.MODEL.MASKCLIP.TEMPERATURE,
             "no_object_name": cfg.MODEL.MASKCLIP.NO_OBJECT_NAME,
+            "split_synonyms": cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS,
         }
 
     def train(self, mode: bool = True):
@@ -153,7 +162,7 @@ class CLIPTextEncoder(nn.Module):
     def _embeddings(self, names: Tuple[str, ...]) -> torch.Tensor:
         """``encode_vocabulary`` of names already checked."""
         device, dtype = self.text_projection.device, self.text_projection.dtype
-        key = (names, self.prompt_templates, str(device), dtype)
+        key = (names, self.prompt_templates, self.split_synonyms, str(device), dtype)
         if key not in self._cache:
             self._cache[key] = self._encode_names(names)
         return self._cache[key]
@@ -200,12 +209,18 @@ class CLIPTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
-        return ensemble_embeddings(names, self.prompt_templates, self.encode_text, self.batch_size)
+        return ensemble_embeddings(
+            names, self.prompt_templates, self.encode_text, self.batch_size, self.split_synonyms
+        )
 
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
         ``clip.tokenize(texts)`` (truncated to the context length), normalised."""
-        tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
+        try:
+            tokens = clip.tokenize(texts, context_length=self.context_length)
+        except RuntimeError:  # some prompt is too long: cut, as CLIP does, and say so
+            _warn_truncated(texts, self.context_length)
+            tokens = clip.tokenize(texts, context_length=self.context_length, truncate=True)
         return F.normalize(self.encode_tokens(tokens.to(self.text_projection.device)).float(), dim=-1)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -254,12 +269,15 @@ def ensemble_embeddings(
     templates: Sequence[str],
     encode_text: Callable[[List[str]], torch.Tensor],
     batch_size: int = 256,
+    split_synonyms: bool = True,
 ) -> torch.Tensor:
     """(C, E) unit-norm class embeddings: every synonym of every name in every template goes
     through ``encode_text`` (texts -> (T, E) unit-norm embeddings), ``batch_size`` prompts at a
-    time; the templates are averaged per synonym (CLIP's ensemble), then the synonyms per name.
+    time (``split_synonyms`` False: a name is one text, commas included); the templates are
+    averaged per synonym (CLIP's ensemble), then the synonyms per name.
     ``CLIPTextEncoder`` uses it with its text tower, ``maskclip_d2.deploy`` with an exported one."""
-    synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in _synonyms(name)]
+    split = _synonyms if split_synonyms else (lambda name: [name])
+    synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in split(name)]
     prompts = [template.format(synonym) for _, synonym in synonyms for template in templates]
     embeddings = torch.cat(
         [encode_text(prompts[s:s + batch_size]) for s in range(0, len(prompts), batch_size)]
@@ -281,3 +299,19 @@ def _sum_by(x: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:
 def _synonyms(name: str) -> List[str]:
     """"cat, kitty" -> ["cat", "kitty"]."""
     return [s.strip() for s in name.split(",")]
+
+
+def _warn_truncated(texts: Sequence[str], context_length: int) -> None:
+    """Log the prompts that CLIP's context of ``context_length`` tokens cuts short."""
+    too_long = []
+    for text in texts:
+        try:
+            clip.tokenize([text], context_length=context_length)
+        except RuntimeError:
+            too_long.append(text)
+    if too_long:
+        logger.warning(
+            f"{len(too_long)} prompt(s) exceed CLIP's context of {context_length} tokens and are "
+            f"cut to fit, so their end is not read: {too_long}. Shorten these class names (or "
+            "split them into synonyms, 'a, b')."
+        )

@@ -10,6 +10,7 @@ from maskclip_d2.data.datasets.register_ade20k_150 import register_all_ade20k_15
 from tiny_datasets import (
     ade_raw_instances,
     ade_raw_semantic,
+    ade_things,
     mtimes,
     run_prepare,
     write_ade20k_150,
@@ -28,10 +29,12 @@ def test_metadata_150_classes_100_things_50_stuff(ade_root):
     pan = MetadataCatalog.get("ade20k_panoptic_val")
     assert len(pan.stuff_classes) == len(pan.thing_classes) == 150
     things = pan.thing_dataset_id_to_contiguous_id
-    assert sorted(things) == list(range(50, 150))  # categoryMapping: semantic ids 51..150
+    assert sorted(things) == [s - 1 for s in ade_things()]  # the classes of categoryMapping
+    assert len(things) == 100 and things[50] == 50  # dataset id = semantic id - 1
     assert len(set(pan.stuff_dataset_id_to_contiguous_id) - set(things)) == 50
-    assert pan.stuff_classes[0] == "class1, synonym1"  # "class1;synonym1" in the CSV
-    assert pan.stuff_classes[1] == "class2"
+    # Mask2Former's names (the authors'), not the CSV's: "windowpane;window" -> "window "
+    assert pan.stuff_classes[:3] == ["wall", "building", "sky"]
+    assert pan.stuff_classes[8] == "window " and pan.stuff_classes[50] == "refrigerator, icebox"
     assert pan.evaluator_type == "coco_panoptic_seg"
     assert pan.panoptic_json == str(ade_root / "ade20k_panoptic_val.json")
 
@@ -41,10 +44,12 @@ def test_metadata_150_classes_100_things_50_stuff(ade_root):
     assert sem.sem_seg_root == str(ade_root / "annotations_detectron2/validation")
 
     ins = MetadataCatalog.get("ade20k_instance_val")
-    assert len(ins.thing_classes) == 100 and ins.thing_classes[0] == "class51, synonym51"
-    assert ins.thing_dataset_id_to_contiguous_id == {50 + i: i for i in range(100)}
+    assert len(ins.thing_classes) == 100 and ins.thing_classes[0] == "bed"  # semantic id 8
+    assert ins.thing_dataset_id_to_contiguous_id == {s - 1: i for i, s in enumerate(ade_things())}
+    assert ins.thing_dataset_id_to_contiguous_id[50] == 29  # "refrigerator, icebox"
     assert ins.evaluator_type == "coco"
-    assert len(set(map(tuple, pan.stuff_colors))) == 150  # distinct, deterministic colours
+    # Mask2Former's colours (the palette of the ADE20K benchmark)
+    assert pan.stuff_colors[:3] == [[120, 120, 120], [180, 120, 120], [6, 230, 230]]
 
 
 def test_semantic_records_and_labels(ade_root):
@@ -64,7 +69,8 @@ def test_panoptic_records_and_pngs(ade_root):
     assert first["pan_seg_file_name"] == str(ade_root / "ade20k_panoptic_val/ADE_val_00000001.png")
     assert first["sem_seg_file_name"] == str(ade_root / "annotations_detectron2/validation/ADE_val_00000001.png")
     summary = [(s["category_id"], s["isthing"], s["area"]) for s in first["segments_info"]]
-    # stuff 0 (top half), stuff 2 (bottom left), two instances of thing 50 (bottom right)
+    # stuff 0 "wall" (top half), stuff 2 "sky" (bottom left), two instances of thing 50
+    # "refrigerator, icebox" (bottom right)
     assert summary == [(0, False, 384), (2, False, 192), (50, True, 96), (50, True, 96)]
     pan = rgb2id(np.asarray(Image.open(first["pan_seg_file_name"])).astype(np.uint32))
     ids = {s["id"]: s for s in first["segments_info"]}
@@ -72,14 +78,15 @@ def test_panoptic_records_and_pngs(ade_root):
     assert (pan[12:, 16:24] == pan[12, 16]).all() and pan[12, 16] != pan[12, 24]
     second = records[1]["segments_info"]
     assert [(s["category_id"], s["isthing"], s["bbox"]) for s in second] == [
-        (1, False, [0, 0, 32, 24]), (59, True, [8, 8, 16, 8])]
+        (1, False, [0, 0, 32, 24]), (57, True, [8, 8, 16, 8])]  # "building", "pillow"
     assert second[0]["area"] == 24 * 32 - 8 * 16  # the thing is pasted over the stuff
 
 
 def test_instance_records(ade_root):
     records = DatasetCatalog.get("ade20k_instance_val")
     assert [len(r["annotations"]) for r in records] == [2, 1]
-    assert [a["category_id"] for r in records for a in r["annotations"]] == [0, 0, 9]
+    # contiguous among the 100 things: "refrigerator, icebox" 29, "pillow" 33
+    assert [a["category_id"] for r in records for a in r["annotations"]] == [29, 29, 33]
     raw = ade_raw_instances()[0]
     for ann, inst in zip(records[0]["annotations"], (1, 2)):
         mask = mask_util.decode(ann["segmentation"]).astype(bool)

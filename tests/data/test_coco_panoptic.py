@@ -25,7 +25,7 @@ def test_records_have_contiguous_ids_and_semantic_labels(coco_root):
     assert r["pan_seg_file_name"] == str(coco_root / "coco/panoptic_val2017/000000000139.png")
     assert r["sem_seg_file_name"] == str(coco_root / "coco/panoptic_semseg_val2017/000000000139.png")
     assert (r["height"], r["width"]) == (24, 32)
-    # dataset ids 92 (stuff), 1 and 3 (things) -> contiguous 80, 0, 2
+    # dataset ids 92 "banner" (stuff), 1 "person" and 3 "car" (things) -> contiguous 80, 0, 2
     assert [(s["id"], s["category_id"], s["isthing"]) for s in r["segments_info"]] == [
         (5, 80, False), (7, 0, True), (9, 2, True)]
     sem = np.asarray(Image.open(r["sem_seg_file_name"]))
@@ -37,7 +37,7 @@ def test_records_have_contiguous_ids_and_semantic_labels(coco_root):
     assert train[0]["file_name"] == str(coco_root / "coco/train2017/000000000139.jpg")
 
 
-def test_metadata_has_133_cleaned_classes_replacing_detectron2s(coco_root):
+def test_metadata_has_the_133_raw_coco_names_replacing_detectron2s(coco_root):
     for name in ("coco_2017_train_panoptic", "coco_2017_val_panoptic_with_sem_seg"):
         meta = MetadataCatalog.get(name)
         assert len(meta.stuff_classes) == len(meta.thing_classes) == 133
@@ -45,9 +45,11 @@ def test_metadata_has_133_cleaned_classes_replacing_detectron2s(coco_root):
         assert meta.thing_dataset_id_to_contiguous_id == {d: i for i, d in enumerate(COCO_THING_IDS)}
         assert meta.stuff_dataset_id_to_contiguous_id[92] == 80
         assert len(meta.stuff_dataset_id_to_contiguous_id) == 133
-        # raw "stuff92-other-merged", "stuff93-stuff", "stuff94-merged", "stuff95-wood"
-        assert meta.stuff_classes[80:84] == ["stuff92", "stuff93", "stuff94", "stuff95 wood"]
-        assert meta.stuff_colors[80] == [0, 92, 0]  # colours of the panoptic JSON
+        # Detectron2's COCO_CATEGORIES names, raw as the MaskCLIP authors feed them to CLIP
+        assert meta.stuff_classes[:2] == ["person", "bicycle"]
+        assert meta.stuff_classes[80:84] == ["banner", "blanket", "bridge", "cardboard"]
+        assert meta.stuff_classes[-1] == "rug-merged" and "wall-other-merged" in meta.stuff_classes
+        assert meta.stuff_colors[80] == [255, 255, 128]  # COCO_CATEGORIES' colour of "banner"
         split = "train" if "train" in name else "val"
         assert meta.panoptic_root == str(coco_root / f"coco/panoptic_{split}2017")
         assert meta.ignore_label == 255 and meta.label_divisor == 1000

@@ -28,7 +28,8 @@ def test_metadata_59_and_459_classes(pc_root):
     assert len(m59.stuff_classes) == 59 and len(m459.stuff_classes) == 459
     assert m59.stuff_classes[:2] == ["aeroplane", "bag"]
     assert "potted plant" in m59.stuff_classes and "tv monitor" in m59.stuff_classes
-    assert m459.stuff_classes[:3] == ["label1", "aeroplane", "label3"]
+    assert m459.stuff_classes[:3] == ["accordion", "aeroplane", "air conditioner"]
+    assert m459.stuff_classes[-1] == "wool" and "potted plant" in m459.stuff_classes
     assert (m59.ignore_label, m459.ignore_label) == (255, 65535)
     assert m59.evaluator_type == m459.evaluator_type == "sem_seg"
     assert m459.stuff_dataset_id_to_contiguous_id[458] == 458

@@ -72,10 +72,10 @@ def test_panoptic_gt_scores_100_and_a_missed_segment_the_hand_value(ade, cfg):
     assert pq["PQ"] == pytest.approx(100) and pq["SQ"] == pytest.approx(100)
     assert pq["PQ_th"] == pytest.approx(100) and pq["PQ_st"] == pytest.approx(100)
 
-    # Categories in the ground truth: stuff 0, 1, 2 and things 50 (2 segments), 59 (1).
-    # Missing thing 59's only segment: PQ_59 = 0 (one FN), every other category 1.
-    thing59 = next(s["id"] for s in records[1]["segments_info"] if s["category_id"] == 59)
-    pq = evaluate(evaluator, records, panoptic_outputs(records, (2, thing59)))["panoptic_seg"]
+    # Categories in the ground truth: stuff 0, 1, 2 and things 50 (2 segments), 57 (1).
+    # Missing thing 57's only segment: PQ_57 = 0 (one FN), every other category 1.
+    thing57 = next(s["id"] for s in records[1]["segments_info"] if s["category_id"] == 57)
+    pq = evaluate(evaluator, records, panoptic_outputs(records, (2, thing57)))["panoptic_seg"]
     assert pq["PQ"] == pytest.approx(100 * 4 / 5)
     assert pq["PQ_th"] == pytest.approx(100 * 1 / 2)
     assert pq["PQ_st"] == pytest.approx(100)
@@ -104,7 +104,7 @@ def test_semantic_gt_scores_100_and_flipped_pixels_the_hand_value(ade, cfg):
     assert res["mIoU"] == pytest.approx(100) and res["pACC"] == pytest.approx(100)
 
     # Image 1 (classes 0: 384 px, 2: 192 px, 50: 192 px). Predict class 2 on 64 pixels of
-    # class 0 -> IoU_0 = 320 / 384, IoU_2 = 192 / 256. Image 2 (classes 1: 640 px, 59: 128 px)
+    # class 0 -> IoU_0 = 320 / 384, IoU_2 = 192 / 256. Image 2 (classes 1: 640 px, 57: 128 px)
     # is exact. mIoU over the 5 classes present.
     wrong = labels[0].copy()
     wrong[:2] = 2  # 2 rows x 32 = 64 pixels of class 0
@@ -126,10 +126,12 @@ def test_instance_gt_scores_100_and_a_wrong_class_the_hand_value(ade, cfg):
     res = evaluate(evaluator, records, outputs)["segm"]
     assert res["AP"] == pytest.approx(100) and res["AP50"] == pytest.approx(100)
 
-    # The image-2 object (class 9) predicted as class 0 with a lower score than class 0's two
-    # true objects: class 9 has recall 0 (AP 0); class 0 ranks its two true positives first,
-    # so its false positive does not lower its precision (AP 100). AP = (100 + 0) / 2.
-    outputs[1] = instances_from_masks(masks[1], [0], [0.5])
+    # Contiguous thing classes: image 1 has two "refrigerator, icebox" (29), image 2 one
+    # "pillow" (33). The pillow predicted as a refrigerator with a lower score than the two
+    # true refrigerators: class 33 has recall 0 (AP 0); class 29 ranks its two true positives
+    # first, so its false positive does not lower its precision (AP 100). AP = (100 + 0) / 2.
+    assert classes == [[29, 29], [33]]
+    outputs[1] = instances_from_masks(masks[1], [29], [0.5])
     res = evaluate(evaluator, records, outputs)["segm"]
     assert res["AP50"] == pytest.approx(50) and res["AP"] == pytest.approx(50)
 

@@ -40,7 +40,7 @@ def test_bare_names_are_clips_text_embeddings(clip_model):
 
 def test_template_ensemble_and_synonyms_are_averaged(clip_model):
     templates = ["a photo of a {}.", "{}", "a blurry photo of the {}."]
-    encoder = CLIPTextEncoder(clip_model, prompt_templates=templates)
+    encoder = CLIPTextEncoder(clip_model, prompt_templates=templates, split_synonyms=True)
     text = encoder.encode_vocabulary(["person, man", "dog"])
 
     def ensemble(words):
@@ -54,6 +54,16 @@ def test_template_ensemble_and_synonyms_are_averaged(clip_model):
     # The synonym average is the average of its synonyms' own embeddings.
     both = encoder.encode_vocabulary(["person", "man"])
     assert torch.allclose(text[0], F.normalize(both.mean(0), dim=0), atol=1e-5)
+
+
+def test_by_default_a_name_with_commas_is_one_prompt_as_the_authors_tokenize_it(clip_model):
+    # The authors: clip.tokenize(class_names) on the full strings, no template, no splitting.
+    encoder = CLIPTextEncoder(clip_model)
+    names = ["building, edifice", "sky", "wall-other-merged"]
+    assert torch.allclose(encoder.encode_vocabulary(names), clip_embeddings(clip_model, names), atol=1e-5)
+    split = CLIPTextEncoder(clip_model, split_synonyms=True).encode_vocabulary(names)
+    assert not torch.allclose(split[0], clip_embeddings(clip_model, names)[0], atol=1e-3)
+    assert torch.allclose(split[1:], clip_embeddings(clip_model, names[1:]), atol=1e-5)
 
 
 def test_logits_are_cosine_over_temperature_plus_no_object(clip_model):
@@ -178,3 +188,19 @@ def test_set_class_embeddings_checks_shapes_and_values(clip_model):
         encoder.set_class_embeddings(["cat"], torch.zeros(1, 32))
     with pytest.raises(ValueError, match="more than once"):
         encoder.set_class_embeddings(["cat", "cat"], torch.randn(2, 32))
+
+
+def test_names_longer_than_clips_context_are_cut_with_a_warning(clip_model, caplog):
+    encoder = CLIPTextEncoder(clip_model)
+    long_name = " ".join(["very"] * 80) + " large dog"
+    short = ["cat", "sky"]
+    with caplog.at_level("WARNING", logger="maskclip_d2.modeling.text_encoder"):
+        encoder.encode_vocabulary(short)
+        assert not caplog.records  # names that fit say nothing
+        text = encoder.encode_vocabulary(short + [long_name])
+    (record,) = caplog.records
+    assert "exceed CLIP's context of 77 tokens" in record.getMessage()
+    assert long_name in record.getMessage()
+    # Encoded as CLIP cuts it: the first 75 tokens between start and end of text.
+    cut = clip.tokenize([long_name], truncate=True)
+    assert torch.allclose(text[2], F.normalize(clip_model.encode_text(cut), dim=-1)[0], atol=1e-5)

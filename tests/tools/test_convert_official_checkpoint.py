@@ -209,8 +209,8 @@ def test_vit_l14_336_layout_maps_onto_our_encoder_and_text_tower():
         text = CLIPTextEncoder(clip_model)
     assert sorted(encoder.rma_layers) == ["12", "18", "24", "6"]
     authors = authors_visual_state(clip_model.visual.state_dict(), (5, 11, 17, 23), 14, device="meta")
-    converted, rest = convert.convert_maskclip(authors)
-    assert rest == []
+    converted, rest, left_out = convert.convert_maskclip(authors)
+    assert rest == [] and left_out == []
     converted.update(convert.text_tower_state(clip_model.state_dict()))
     target = {"encoder." + k: v for k, v in encoder.state_dict().items()}
     target.update({"text_encoder." + k: v for k, v in text.state_dict().items()})
@@ -245,3 +245,46 @@ def test_refuses_pickles_unknown_and_missing_keys_and_writes_nothing(tmp_path, c
     assert convert.main(argv, target) == 1
     assert "encoder.visual.proj" in capsys.readouterr().out
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth", "pickled.pth"]
+
+
+def test_authors_12_layer_checkpoint_drops_the_conv_pairs_their_code_never_used():
+    """Their code builds four conv1/conv3_added_params pairs whatever the depth; a 12-layer
+    CLIP (ViT-B/16) has RMA attention weights in blocks 5 and 11 only (our RMA_LAYERS [6, 12])."""
+    with torch.device("meta"):
+        clip_model = CLIP_ARCHITECTURES["ViT-B/16"].build()
+        encoder = MaskCLIPVisualEncoder(clip_model.visual, rma_layers=[6, 12])
+    authors = authors_visual_state(clip_model.visual.state_dict(), (5, 11), 16, device="meta")
+    convs = "maskclip.visual.transformer."
+    for j in (2, 3):  # built for blocks 17 and 23, which a 12-layer CLIP does not have
+        authors[convs + f"conv1_added_params.{j}.weight"] = torch.empty(768, 1, 16, 16, device="meta")
+        authors[convs + f"conv1_added_params.{j}.bias"] = torch.empty(768, device="meta")
+        authors[convs + f"conv3_added_params.{j}.weight"] = torch.empty(256, 768, 1, 1, device="meta")
+        authors[convs + f"conv3_added_params.{j}.bias"] = torch.empty(256, device="meta")
+    converted, rest, left_out = convert.convert_maskclip(authors)
+    assert rest == []
+    assert sorted(left_out) == sorted(convs + f"conv{c}_added_params.{j}.{k}"
+                                      for c in (1, 3) for j in (2, 3) for k in ("weight", "bias"))
+    target = {"encoder." + k: v for k, v in encoder.state_dict().items()}
+    assert convert.check(converted, target) == {"missing": [], "unexpected": [], "mismatched": []}
+
+
+def test_drop_class_head_takes_a_133_class_mask2former_as_proposal_network(tmp_path, capsys):
+    target = {
+        "backbone.stem.conv1.weight": torch.zeros(2, 3, 1, 1),
+        "sem_seg_head.predictor.class_embed.weight": torch.zeros(2, 4),
+        "sem_seg_head.predictor.class_embed.bias": torch.zeros(2),
+        "criterion.empty_weight": torch.ones(2),
+    }
+    mask2former = {
+        "backbone.stem.conv1.weight": torch.ones(2, 3, 1, 1),
+        "sem_seg_head.predictor.class_embed.weight": torch.ones(134, 4),
+        "sem_seg_head.predictor.class_embed.bias": torch.ones(134),
+        "criterion.empty_weight": torch.ones(134),
+    }
+    torch.save({"model": mask2former}, tmp_path / "coco_mask2former.pth")
+    out = tmp_path / "proposals.pth"
+    argv = ["--proposals", str(tmp_path / "coco_mask2former.pth"), "--output", str(out)]
+    assert convert.main(argv, target) == 1  # the 134-output head does not fit
+    assert "SHAPE MISMATCHES" in capsys.readouterr().out and not out.exists()
+    assert convert.main(argv + ["--drop-class-head"], target) == 0
+    assert sorted(torch.load(out, weights_only=True)["model"]) == ["backbone.stem.conv1.weight"]

@@ -9,21 +9,21 @@ Layout under the datasets root (official download, then ``prepare_ade20k_150.py`
     ADEChallengeData2016/annotations_detectron2/validation/*.png (prepared: id - 1, 255 void)
     ADEChallengeData2016/ade20k_panoptic_val/*.png, ade20k_panoptic_val.json  (prepared)
     ADEChallengeData2016/ade20k_instance_val.json                (prepared)
-    ADEChallengeData2016/maskclip_categories_ade20k_150.json     (prepared vocabulary)
 
-The 150 classes use the semantic id minus one as dataset id. The 100 thing classes are the
-ones of the official instance-segmentation release (``categoryMapping.txt``); the other 50
-are stuff. Registers ``ade20k_panoptic_val``, ``ade20k_sem_seg_val`` (replacing Detectron2's
+The vocabulary is the shipped preset ``ade20k_150`` (Mask2Former's ``ADE20K_150_CATEGORIES``,
+the names the MaskCLIP authors use); the 150 classes use the semantic id minus one as
+dataset id, the 100 things are the classes of the official instance-segmentation release
+(``categoryMapping.txt``; the prepare script checks both lists against the download). Registers ``ade20k_panoptic_val``, ``ade20k_sem_seg_val`` (replacing Detectron2's
 builtin entry, whose names have no synonyms) and ``ade20k_instance_val`` (100 classes).
 """
 import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
+from ..vocabularies import get_vocabulary
 from .register_coco_panoptic import load_panoptic_json
 from .utils import (
     get_datasets_root,
-    read_categories,
     register_dataset,
     require_prepared,
     things_metadata,
@@ -48,7 +48,6 @@ def ade20k_150_paths(root, dirname="validation", split="val"):
         "panoptic_root": os.path.join(base, f"ade20k_panoptic_{split}"),
         "panoptic_json": os.path.join(base, f"ade20k_panoptic_{split}.json"),
         "json_file": os.path.join(base, f"ade20k_instance_{split}.json"),
-        "vocabulary": os.path.join(base, "maskclip_categories_ade20k_150.json"),
     }
 
 
@@ -56,16 +55,15 @@ def register_all_ade20k_150(root=None):
     """Register the three ADE20K-150 val datasets under ``root`` (default: the datasets root)."""
     root = get_datasets_root() if root is None else root
     p = ade20k_150_paths(root)
-    categories = read_categories(p["vocabulary"])
+    categories = get_vocabulary("ade20k_150")
 
     def check(name, *outputs):
-        require_prepared(name, [p["dataset_dir"], p["image_root"], *outputs, p["vocabulary"]],
-                         PREPARE_COMMAND)
+        require_prepared(name, [p["dataset_dir"], p["image_root"], *outputs], PREPARE_COMMAND)
 
     def load_panoptic():
         check("ade20k_panoptic_val", p["panoptic_json"], p["panoptic_root"], p["sem_seg_root"])
         return load_panoptic_json(p["panoptic_json"], p["image_root"], p["panoptic_root"],
-                                  p["sem_seg_root"], read_categories(p["vocabulary"]))
+                                  p["sem_seg_root"], categories)
 
     def load_semantic():
         check("ade20k_sem_seg_val", p["sem_seg_root"])
@@ -82,10 +80,9 @@ def register_all_ade20k_150(root=None):
                          label_divisor=1000)
     semantic_meta = dict(common, sem_seg_root=p["sem_seg_root"], evaluator_type="sem_seg")
     instance_meta = dict(common, json_file=p["json_file"], evaluator_type="coco")
-    if categories is not None:
-        panoptic_meta.update(vocabulary_metadata(categories, panoptic=True))
-        semantic_meta.update(vocabulary_metadata(categories, panoptic=False))
-        instance_meta.update(things_metadata([c for c in categories if c["isthing"]]))
+    panoptic_meta.update(vocabulary_metadata(categories, panoptic=True))
+    semantic_meta.update(vocabulary_metadata(categories, panoptic=False))
+    instance_meta.update(things_metadata([c for c in categories if c["isthing"]]))
     register_dataset("ade20k_panoptic_val", load_panoptic, panoptic_meta)
     register_dataset("ade20k_sem_seg_val", load_semantic, semantic_meta)
     register_dataset("ade20k_instance_val", load_instance, instance_meta)

@@ -5,19 +5,18 @@ Layout under the datasets root (official download, then ``prepare_ade20k_full.py
     ADE20K_2021_17_01/index_ade20k.pkl, images/ADE/{training,validation}/...  (official)
     ADE20K_2021_17_01/images_detectron2/validation/*.jpg        (prepared: flat copies)
     ADE20K_2021_17_01/annotations_detectron2/validation/*.tif   (prepared: 0..846, 65535 void)
-    ADE20K_2021_17_01/maskclip_categories_ade20k_847.json       (prepared vocabulary)
 
-The 847 classes are the release's whole-object classes present in both the training and the
-validation segmentations; their names are the release's ``objectnames``. Registers
+The vocabulary is the shipped preset ``ade20k_847`` (Mask2Former's
+``ADE20K_SEM_SEG_FULL_CATEGORIES``: class value k of the release, its ``objectnames[k - 1]``). Registers
 ``ade20k_full_sem_seg_val``.
 """
 import os
 
 from detectron2.data.datasets import load_sem_seg
 
+from ..vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
-    read_categories,
     register_dataset,
     require_prepared,
     vocabulary_metadata,
@@ -34,7 +33,6 @@ def ade20k_full_paths(root):
         "index": os.path.join(base, "index_ade20k.pkl"),
         "image_root": os.path.join(base, "images_detectron2", "validation"),
         "sem_seg_root": os.path.join(base, "annotations_detectron2", "validation"),
-        "vocabulary": os.path.join(base, "maskclip_categories_ade20k_847.json"),
     }
 
 
@@ -45,14 +43,12 @@ def register_all_ade20k_full(root=None):
 
     def load():
         require_prepared("ade20k_full_sem_seg_val", [p["dataset_dir"], p["image_root"],
-                         p["sem_seg_root"], p["vocabulary"]], PREPARE_COMMAND)
+                         p["sem_seg_root"]], PREPARE_COMMAND)
         return load_sem_seg(p["sem_seg_root"], p["image_root"], gt_ext="tif", image_ext="jpg")
 
     metadata = {"image_root": p["image_root"], "sem_seg_root": p["sem_seg_root"],
                 "evaluator_type": "sem_seg", "ignore_label": 65535}
-    categories = read_categories(p["vocabulary"])
-    if categories is not None:
-        metadata.update(vocabulary_metadata(categories, panoptic=False))
+    metadata.update(vocabulary_metadata(get_vocabulary("ade20k_847"), panoptic=False))
     register_dataset("ade20k_full_sem_seg_val", load, metadata)
 
 

@@ -9,7 +9,6 @@ Layout under the datasets root (official COCO 2017, then ``prepare_coco_ovd.py``
     coco/{train,val}2017/, coco/annotations/instances_{train,val}2017.json   (official)
     coco/annotations/instances_train2017_ovd_base.json      (prepared: base annotations)
     coco/annotations/instances_val2017_ovd_{base,target,all}.json   (prepared)
-    coco/maskclip_categories_coco_ovd.json                  (prepared vocabulary, 65 classes)
 
 Each prepared val file keeps the val images with at least one annotation of the 65 classes
 and the annotations of its classes. Registers ``coco_2017_train_ovd_base``,
@@ -21,30 +20,16 @@ import os
 
 from detectron2.data.datasets import load_coco_json
 
+from ..vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
-    read_categories,
     register_dataset,
     require_prepared,
     things_metadata,
 )
 
 PREPARE_COMMAND = "python datasets/prepare_coco_ovd.py"
-VOCABULARY_FILE = "coco/maskclip_categories_coco_ovd.json"
 
-# The split of OVR-CNN (Zareian et al., CVPR 2021), by COCO category name.
-COCO_OVD_BASE = (
-    "person", "bicycle", "car", "motorcycle", "train", "truck", "boat", "bench", "bird",
-    "horse", "sheep", "bear", "zebra", "giraffe", "backpack", "handbag", "suitcase", "frisbee",
-    "skis", "kite", "surfboard", "bottle", "fork", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "pizza", "donut", "chair", "bed", "toilet",
-    "tv", "laptop", "mouse", "remote", "microwave", "oven", "toaster", "refrigerator", "book",
-    "clock", "vase", "toothbrush",
-)
-COCO_OVD_TARGET = (
-    "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard",
-    "skateboard", "cup", "knife", "cake", "couch", "keyboard", "sink", "scissors",
-)
 
 # name -> (split, file suffix, groups)
 _DATASETS = {
@@ -62,22 +47,21 @@ def coco_ovd_json(root, split, suffix):
 def register_all_coco_ovd(root=None):
     """Register the COCO 48/17 sets under ``root`` (default: the datasets root)."""
     root = get_datasets_root() if root is None else root
-    categories = read_categories(os.path.join(root, VOCABULARY_FILE))
+    categories = get_vocabulary("coco_ovd_48_17")
     for name, (split, suffix, groups) in _DATASETS.items():
         json_file = coco_ovd_json(root, split, suffix)
         image_root = os.path.join(root, f"coco/{split}2017")
 
         def load(name=name, json_file=json_file, image_root=image_root):
-            require_prepared(name, [os.path.join(root, "coco"), image_root, json_file,
-                                    os.path.join(root, VOCABULARY_FILE)], PREPARE_COMMAND)
+            require_prepared(name, [os.path.join(root, "coco"), image_root, json_file],
+                             PREPARE_COMMAND)
             return load_coco_json(json_file, image_root, name)
 
         metadata = {"json_file": json_file, "image_root": image_root,
                     "evaluator_type": "coco_ovd"}
-        if categories is not None:
-            cats = sorted((c for c in categories if c["split"] in groups), key=lambda c: c["id"])
-            metadata.update(things_metadata(cats))
-            metadata["ovd_groups"] = {g: [c["id"] for c in cats if c["split"] == g] for g in groups}
+        cats = sorted((c for c in categories if c["split"] in groups), key=lambda c: c["id"])
+        metadata.update(things_metadata(cats))
+        metadata["ovd_groups"] = {g: [c["id"] for c in cats if c["split"] == g] for g in groups}
         register_dataset(name, load, metadata)
 
 

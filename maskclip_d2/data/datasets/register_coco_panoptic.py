@@ -6,25 +6,25 @@ Layout under the datasets root (official download, then ``prepare_coco_panoptic.
     coco/annotations/panoptic_{train,val}2017.json
     coco/panoptic_{train,val}2017/            panoptic PNGs
     coco/panoptic_semseg_{train,val}2017/     semantic PNGs (prepared; contiguous ids, 255 void)
-    coco/maskclip_categories_coco_panoptic.json   vocabulary (prepared)
 
-Registers ``coco_2017_train_panoptic`` (replacing Detectron2's builtin entry of that name,
-which has the raw COCO names such as "wall-other-merged"), ``coco_2017_train_panoptic_with_sem_seg``
+The vocabulary is the shipped preset ``coco_panoptic`` (Detectron2's ``COCO_CATEGORIES``,
+raw names such as "wall-other-merged", as the MaskCLIP authors use them). Registers
+``coco_2017_train_panoptic`` (replacing Detectron2's builtin entry of that name, whose
+metadata lacks Mask2Former's stuff_classes convention), ``coco_2017_train_panoptic_with_sem_seg``
 and ``coco_2017_val_panoptic_with_sem_seg``.
 """
 import json
 import os
 
+from ..vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
-    read_categories,
     register_dataset,
     require_prepared,
     vocabulary_metadata,
 )
 
 PREPARE_COMMAND = "python datasets/prepare_coco_panoptic.py"
-VOCABULARY_FILE = "coco/maskclip_categories_coco_panoptic.json"
 
 # name -> (image root, panoptic root, panoptic json, semantic root, instances json)
 _SPLITS = {
@@ -90,29 +90,27 @@ def load_panoptic_json(json_file, image_root, panoptic_root, sem_seg_root, categ
 
 
 def _load(name, root, paths):
-    vocabulary_file = os.path.join(root, VOCABULARY_FILE)
     require_prepared(
         name,
         [os.path.join(root, "coco"), paths["image_root"], paths["panoptic_json"],
-         paths["panoptic_root"], paths["sem_seg_root"], vocabulary_file],
+         paths["panoptic_root"], paths["sem_seg_root"]],
         PREPARE_COMMAND,
     )
     return load_panoptic_json(
         paths["panoptic_json"], paths["image_root"], paths["panoptic_root"],
-        paths["sem_seg_root"], read_categories(vocabulary_file),
+        paths["sem_seg_root"], get_vocabulary("coco_panoptic"),
     )
 
 
 def register_all_coco_panoptic(root=None):
     """Register the COCO panoptic datasets under ``root`` (default: ``get_datasets_root()``)."""
     root = get_datasets_root() if root is None else root
-    categories = read_categories(os.path.join(root, VOCABULARY_FILE))
+    categories = get_vocabulary("coco_panoptic")
     for name, split in _SPLITS.items():
         paths = coco_panoptic_paths(root, split)
         metadata = dict(paths, evaluator_type="coco_panoptic_seg", ignore_label=255,
                         label_divisor=1000)
-        if categories is not None:
-            metadata.update(vocabulary_metadata(categories, panoptic=True))
+        metadata.update(vocabulary_metadata(categories, panoptic=True))
         register_dataset(name, lambda n=name, p=paths: _load(n, root, p), metadata)
 
 

@@ -10,16 +10,11 @@ so they are there without the download. ``datasets/prepare_lvis.py`` checks the 
 import os
 
 from detectron2.data.datasets.lvis import load_lvis_json
-from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
-from .utils import deterministic_colors, get_datasets_root, register_dataset, require_prepared
+from ..vocabularies import get_vocabulary
+from .utils import get_datasets_root, register_dataset, require_prepared, things_metadata
 
 PREPARE_COMMAND = "python datasets/prepare_lvis.py"
-
-
-def lvis_name(category):
-    """All synonyms of an LVIS category, readable: "aerosol can, spray can"."""
-    return ", ".join(s.replace("_", " ") for s in category["synonyms"])
 
 
 def register_all_lvis(root=None):
@@ -27,7 +22,7 @@ def register_all_lvis(root=None):
     root = get_datasets_root() if root is None else root
     json_file = os.path.join(root, "lvis/lvis_v1_val.json")
     image_root = os.path.join(root, "coco", "")  # load_lvis_json appends "val2017/..."
-    categories = sorted(LVIS_CATEGORIES, key=lambda c: c["id"])
+    categories = get_vocabulary("lvis")
 
     def load():
         require_prepared("lvis_v1_val", [os.path.join(root, "lvis"), json_file, image_root],
@@ -38,9 +33,7 @@ def register_all_lvis(root=None):
         "json_file": json_file,
         "image_root": image_root,
         "evaluator_type": "lvis",
-        "thing_classes": [lvis_name(c) for c in categories],
-        "thing_colors": deterministic_colors(len(categories)),
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+        **things_metadata(categories),
     })
 
 

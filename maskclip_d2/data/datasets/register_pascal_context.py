@@ -7,7 +7,8 @@ Layout under the datasets root (official downloads, then ``prepare_pascal_contex
     pascal_context/labels.txt                (release: "<id>: <name>", 459 lines)
     pascal_context/annotations_detectron2/pc59_val/*.png   (prepared: 0..58, 255 ignore)
     pascal_context/annotations_detectron2/pc459_val/*.tif  (prepared: 0..458, 65535 ignore)
-    pascal_context/maskclip_categories_pc{59,459}.json     (prepared vocabularies)
+
+The vocabularies are the shipped presets ``pascal_context_59`` and ``pascal_context_459``.
 
 Registers ``pascal_context_59_sem_seg_val`` and ``pascal_context_459_sem_seg_val``.
 """
@@ -15,26 +16,15 @@ import os
 
 from detectron2.data.datasets import load_sem_seg
 
+from ..vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
-    read_categories,
     register_dataset,
     require_prepared,
     vocabulary_metadata,
 )
 
 PREPARE_COMMAND = "python datasets/prepare_pascal_context.py"
-
-# The PASCAL Context 59-class benchmark: names as in the release's labels.txt.
-PASCAL_CONTEXT_59 = (
-    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
-    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
-    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
-    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
-    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves",
-    "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck",
-    "tvmonitor", "wall", "water", "window", "wood",
-)
 
 # num classes -> (label extension, ignore label)
 _VARIANTS = {59: ("png", 255), 459: ("tif", 65535)}
@@ -49,7 +39,6 @@ def pascal_context_paths(root, num_classes):
         "mat_root": os.path.join(base, "trainval"),
         "labels": os.path.join(base, "labels.txt"),
         "sem_seg_root": os.path.join(base, "annotations_detectron2", f"pc{num_classes}_val"),
-        "vocabulary": os.path.join(base, f"maskclip_categories_pc{num_classes}.json"),
     }
 
 
@@ -61,15 +50,14 @@ def register_all_pascal_context(root=None):
         p = pascal_context_paths(root, num_classes)
 
         def load(name=name, p=p, ext=ext):
-            require_prepared(name, [p["dataset_dir"], p["image_root"], p["sem_seg_root"],
-                                    p["vocabulary"]], PREPARE_COMMAND)
+            require_prepared(name, [p["dataset_dir"], p["image_root"], p["sem_seg_root"]],
+                             PREPARE_COMMAND)
             return load_sem_seg(p["sem_seg_root"], p["image_root"], gt_ext=ext, image_ext="jpg")
 
         metadata = {"image_root": p["image_root"], "sem_seg_root": p["sem_seg_root"],
                     "evaluator_type": "sem_seg", "ignore_label": ignore_label}
-        categories = read_categories(p["vocabulary"])
-        if categories is not None:
-            metadata.update(vocabulary_metadata(categories, panoptic=False))
+        metadata.update(vocabulary_metadata(get_vocabulary(f"pascal_context_{num_classes}"),
+                                            panoptic=False))
         register_dataset(name, load, metadata)
 
 

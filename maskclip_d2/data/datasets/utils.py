@@ -1,15 +1,7 @@
 """What every ``register_<dataset>.py`` shares: the dataset root, (re)registration, the error
-for a dataset that was not prepared, and the vocabulary file the preparation scripts write.
-
-A vocabulary file is a small JSON that ``datasets/prepare_*.py`` writes next to the prepared
-data, with the class names read from the official download::
-
-    {"dataset": "ade20k_150",
-     "categories": [{"id": 0, "name": "wall", "isthing": 0, "color": [r, g, b]}, ...]}
-
-``id`` is the id used in the prepared annotation files, ``name`` the cleaned,
-human-readable name with synonyms separated by ", " (the model's text vocabulary), and the
-order of ``categories`` is the contiguous id.
+for a dataset that was not prepared, and Detectron2 metadata built from a shipped vocabulary
+(``maskclip_d2.data.vocabularies``: categories in contiguous-id order, each with the
+dataset's ``id``, ``name``, ``isthing`` and ``color``).
 """
 import json
 import os
@@ -23,7 +15,6 @@ __all__ = [
     "get_datasets_root",
     "register_dataset",
     "require_prepared",
-    "read_categories",
     "write_json_atomic",
     "deterministic_colors",
     "things_metadata",
@@ -70,14 +61,6 @@ def require_prepared(dataset_name, paths, prepare_command):
             )
 
 
-def read_categories(path):
-    """The ``categories`` of a vocabulary file, or None when it is not there (yet)."""
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["categories"]
-
-
 def write_json_atomic(obj, path):
     """Write ``obj`` as JSON so that ``path`` exists only once it is complete."""
     with atomic_write(path) as tmp, open(tmp, "w") as f:
@@ -101,10 +84,11 @@ def things_metadata(categories):
 
 
 def vocabulary_metadata(categories, *, panoptic):
-    """Detectron2 metadata for the class names of a vocabulary file.
+    """Detectron2 metadata for the class names of a vocabulary.
 
     Args:
-        categories (list[dict]): ``read_categories`` output, in contiguous-id order.
+        categories (list[dict]): a shipped vocabulary (``get_vocabulary``), in
+            contiguous-id order.
         panoptic (bool): True for a dataset with things and stuff (Mask2Former's convention:
             ``thing_classes`` and ``stuff_classes`` both list every class so a contiguous id
             indexes either; ``thing_dataset_id_to_contiguous_id`` holds the things only and

@@ -71,7 +71,7 @@ class ClassAgnosticMask2Former(nn.Module):
         backbone = build_backbone(cfg)
         sem_seg_head = MaskFormerHead(cfg, backbone.output_shape(), NUM_CLASSES)
         mf = cfg.MODEL.MASK_FORMER
-        criterion = build_set_criterion(NUM_CLASSES, mf)
+        criterion = build_set_criterion(NUM_CLASSES, mf, save_empty_weight=True)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,

@@ -21,6 +21,11 @@ class MaskFormerHead(nn.Module):
     (``pixel_decoder``, ``predictor``) so its checkpoints map onto this module.
     """
 
+    # Mask2Former's MaskFormerHead is at state-dict version 2: it renames the keys of older
+    # versions (moving everything outside ``predictor`` under ``pixel_decoder``), so a state
+    # dict saved at the default version 1 would lose its pixel decoder there.
+    _version = 2
+
     @configurable
     def __init__(self, *, pixel_decoder: nn.Module, predictor: nn.Module):
         super().__init__()

@@ -11,28 +11,46 @@ One image through ``MaskCLIP.forward``:
      plus a no-object logit;
   5. masks are resized to the output size and post-processed (``postprocessing.py``).
 """
+import difflib
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 from torch.nn import functional as F
 
+from ...data.vocabularies import resolve_vocabulary
 from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
 from ..maskclip_encoder import MaskCLIPVisualEncoder
-from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..postprocessing import (
+    INSTANCE_THING_FILTERS,
+    OVERLAP_RULES,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 from ..proposals import build_proposal_network
 from ..text_encoder import CLIPTextEncoder, check_vocabulary
 
-__all__ = ["MaskCLIP", "vocabulary_from_metadata"]
+__all__ = ["MaskCLIP", "vocabulary_from_metadata", "CLIP_INPUTS", "CLIP_INTERPOLATIONS"]
 
 logger = logging.getLogger(__name__)
+
+# MODEL.MASKCLIP.CLIP_INPUT: what CLIP sees (see MaskCLIP.clip_images).
+CLIP_INPUTS = ("padded_batch", "crop")
+# MODEL.MASKCLIP.CLIP_INTERPOLATION -> (F.interpolate mode, antialias).
+CLIP_INTERPOLATIONS = {
+    "bicubic": ("bicubic", False),
+    "bicubic_antialias": ("bicubic", True),
+    "bilinear": ("bilinear", False),
+    "bilinear_antialias": ("bilinear", True),
+}
 
 
 def vocabulary_from_metadata(metadata):
@@ -42,6 +60,14 @@ def vocabulary_from_metadata(metadata):
     convention) with things flagged by ``thing_dataset_id_to_contiguous_id``; instance-only
     datasets list their classes in ``thing_classes``.
     """
+    if metadata.name not in DatasetCatalog.list():
+        registered = sorted(DatasetCatalog.list())
+        close = difflib.get_close_matches(metadata.name, registered, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(
+            f"dataset {metadata.name!r} is not registered.{hint} Registered datasets: "
+            f"{', '.join(registered)}"
+        )
     stuff = metadata.get("stuff_classes", None)
     things = metadata.get("thing_classes", None)
     if stuff:
@@ -93,10 +119,16 @@ class MaskCLIP(nn.Module):
         semantic_on: bool = True,
         panoptic_on: bool = True,
         instance_on: bool = True,
-        object_mask_threshold: float = 0.8,
-        overlap_threshold: float = 0.8,
+        object_mask_threshold: float = 0.3,
+        overlap_threshold: float = 0.5,
+        overlap_rule: str = "mask2former",
+        instance_thing_filter: str = "after_topk",
         detections_per_image: int = 100,
         use_objectness: bool = True,
+        clip_input: str = "padded_batch",
+        clip_interpolation: str = "bicubic",
+        pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
+        size_divisibility: int = 32,
     ):
         """
         Args:
@@ -109,16 +141,41 @@ class MaskCLIP(nn.Module):
             clip_pixel_mean, clip_pixel_std: CLIP's RGB normalisation, in 0-255 units.
             input_format: channel order of ``"image"`` ("RGB" or "BGR").
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
-            object_mask_threshold, overlap_threshold: panoptic post-processing.
+            object_mask_threshold, overlap_threshold, overlap_rule: panoptic post-processing
+                (``postprocessing.OVERLAP_RULES``).
+            instance_thing_filter: ``postprocessing.INSTANCE_THING_FILTERS``.
             detections_per_image: instances kept per image.
             use_objectness: multiply class probabilities by the proposals' objectness (the
                 no-object logit of the training-free modes carries no information).
+            clip_input: "padded_batch" (the authors': the batch padded to ``size_divisibility``
+                with ``pixel_mean`` is what CLIP sees and what the masks span) or "crop" (each
+                image without padding).
+            clip_interpolation: resampling to CLIP's resolution, one of ``CLIP_INTERPOLATIONS``.
+            pixel_mean: the padding value of "padded_batch" (the proposal network's pixel mean
+                in ``input_format`` order, 0-255: its normalised padding is 0).
+            size_divisibility: the padded batch's sides are multiples of this.
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
             raise ValueError("at least one of semantic, panoptic and instance output must be on")
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
+        if clip_input not in CLIP_INPUTS:
+            raise ValueError(f"MODEL.MASKCLIP.CLIP_INPUT must be one of {CLIP_INPUTS}, got {clip_input!r}")
+        if clip_interpolation not in CLIP_INTERPOLATIONS:
+            raise ValueError(
+                f"MODEL.MASKCLIP.CLIP_INTERPOLATION must be one of {tuple(CLIP_INTERPOLATIONS)}, "
+                f"got {clip_interpolation!r}"
+            )
+        if overlap_rule not in OVERLAP_RULES:
+            raise ValueError(
+                f"MODEL.MASKCLIP.TEST.OVERLAP_RULE must be one of {OVERLAP_RULES}, got {overlap_rule!r}"
+            )
+        if instance_thing_filter not in INSTANCE_THING_FILTERS:
+            raise ValueError(
+                f"MODEL.MASKCLIP.TEST.INSTANCE_THING_FILTER must be one of {INSTANCE_THING_FILTERS}, "
+                f"got {instance_thing_filter!r}"
+            )
         self.proposal_network = proposal_network
         self.encoder = encoder
         self.text_encoder = text_encoder
@@ -127,8 +184,14 @@ class MaskCLIP(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
+        self.overlap_rule = overlap_rule
+        self.instance_thing_filter = instance_thing_filter
         self.detections_per_image = detections_per_image
         self.use_objectness = use_objectness
+        self.clip_input = clip_input
+        self.clip_interpolation = clip_interpolation
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.set_vocabulary(vocabulary, is_thing)
@@ -136,6 +199,21 @@ class MaskCLIP(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         mc = cfg.MODEL.MASKCLIP
+        # the vocabulary first: a misspelled dataset or preset fails before CLIP loads
+        for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+            vocabulary_from_metadata(MetadataCatalog.get(name))
+        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+        if dataset:
+            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
+        else:
+            vocabulary, is_thing = resolve_vocabulary(list(mc.VOCABULARY))
+        if not vocabulary:
+            raise ValueError(
+                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
+                "or list class names (or one preset name) in MODEL.MASKCLIP.VOCABULARY"
+            )
+
         clip_model = build_clip_model(
             cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS, cache_dir=cfg.MODEL.CLIP.CACHE_DIR or None
         )
@@ -148,8 +226,14 @@ class MaskCLIP(nn.Module):
         criterion = None
         if mc.MODE == "rma":
             criterion = build_set_criterion(len(options["vocabulary"]), mc)
+        proposal_network = build_proposal_network(cfg)
+        # the padded batch is the proposal network's own, when it pads
+        options["size_divisibility"] = getattr(
+            getattr(proposal_network, "network", None), "size_divisibility",
+            options["size_divisibility"],
+        )
         return {
-            "proposal_network": build_proposal_network(cfg),
+            "proposal_network": proposal_network,
             "encoder": encoder,
             "text_encoder": text_encoder,
             "criterion": criterion,
@@ -185,16 +269,25 @@ class MaskCLIP(nn.Module):
             "instance_on": test.INSTANCE_ON,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "overlap_rule": test.OVERLAP_RULE,
+            "instance_thing_filter": test.INSTANCE_THING_FILTER,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "use_objectness": mc.MODE != "rma",
+            "clip_input": mc.CLIP_INPUT,
+            "clip_interpolation": mc.CLIP_INTERPOLATION,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
-    def set_vocabulary(self, names: Sequence[str], is_thing: Optional[Sequence[bool]] = None):
-        """Classify against ``names`` from now on ("a, b" = synonyms of one class). Text
+    def set_vocabulary(self, names, is_thing: Optional[Sequence[bool]] = None):
+        """Classify against ``names`` from now on: class names, or a preset name
+        (``maskclip_d2.data.vocabularies``, e.g. "ade20k_150", which brings its thing / stuff
+        flags unless ``is_thing`` is given; for names, None = all things). Text
         embeddings are computed at the first forward pass with this vocabulary and cached:
         not here, where the text tower may not have its final weights yet (a checkpoint still
         to load, or DDP's broadcast of rank 0's weights, which bypasses the cache's reset)."""
+        names, is_thing = resolve_vocabulary(names, is_thing)
         names = list(check_vocabulary(names))
         if is_thing is None:
             is_thing = [True] * len(names)
@@ -220,19 +313,45 @@ class MaskCLIP(nn.Module):
         self.proposal_network.eval()  # frozen stage 1
         return self
 
-    def clip_images(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """(B, 3, R, R): every image resized to CLIP's input resolution and CLIP-normalised."""
+    def padded_size(self, batched_inputs: List[Dict]) -> Optional[Tuple[int, int]]:
+        """(height, width) of the padded batch when CLIP sees it ("padded_batch"), else None:
+        the largest image's sides rounded up to ``size_divisibility``, as Detectron2's
+        ``ImageList.from_tensors`` pads."""
+        if self.clip_input != "padded_batch":
+            return None
+        stride = max(self.size_divisibility, 1)
+        height = max(x["image"].shape[-2] for x in batched_inputs)
+        width = max(x["image"].shape[-1] for x in batched_inputs)
+        # (written so that an exported graph can tell the padded size is never the smaller)
+        return (height + -height % stride, width + -width % stride)
+
+    def clip_images(self, batched_inputs: List[Dict], padded_size=None) -> torch.Tensor:
+        """(B, 3, R, R): the images resized to CLIP's input resolution, CLIP-normalised.
+
+        With ``padded_size`` (``padded_batch``), every image is first placed top-left in a
+        ``padded_size`` canvas of ``pixel_mean``, so CLIP sees the padding as the proposal
+        network does; otherwise each image is resized alone."""
         size = self.clip_resolution
-        images = []
-        for x in batched_inputs:
-            image = x["image"].to(self.device).float()
+        mode, antialias = CLIP_INTERPOLATIONS[self.clip_interpolation]
+        images = [x["image"].to(self.device).float() for x in batched_inputs]
+        if padded_size is not None:
+            # Padded rather than copied into a canvas, so that an exported graph keeps the
+            # image size symbolic; exact: the image's pixels + 0, the padding's 0 + the mean.
+            padded = []
+            for image in images:
+                pads = (0, padded_size[1] - image.shape[-1], 0, padded_size[0] - image.shape[-2])
+                inside = F.pad(torch.ones_like(image[:1]), pads)
+                padded.append(F.pad(image, pads) + (1 - inside) * self.pixel_mean)
+            images = padded
+        resized = []
+        for image in images:
             if self.input_format == "BGR":
                 image = image.flip(0)
             image = F.interpolate(
-                image[None], (size, size), mode="bilinear", align_corners=False, antialias=True
+                image[None], (size, size), mode=mode, align_corners=False, antialias=antialias
             )[0]
-            images.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
-        return torch.stack(images)
+            resized.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
+        return torch.stack(resized)
 
     def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
         """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
@@ -249,23 +368,25 @@ class MaskCLIP(nn.Module):
             dict with ``"class_logits"`` (B, M, K + 1), the vocabulary then no-object;
             ``"mask_logits"`` (B, M, R, R) the proposals at CLIP's resolution R;
             ``"objectness"`` (B, M); ``"refined_masks"``: list of (B, M, R, R), one per RMA
-            layer (empty without RMA).
+            layer (empty without RMA); ``"padded_size"``: ``self.padded_size(batched_inputs)``.
         """
         size = self.clip_resolution
-        mask_logits, objectness = self.proposal_network(batched_inputs, size)
+        padded_size = self.padded_size(batched_inputs)
+        mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
         mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
-        encoded = self.encoder(self.clip_images(batched_inputs), mask_logits)
+        encoded = self.encoder(self.clip_images(batched_inputs, padded_size), mask_logits)
         class_logits = self.text_encoder.classify(encoded["features"], class_embeddings, no_object=True)
         return {
             "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
-            "refined_masks": encoded["masks"],
+            "refined_masks": encoded["masks"], "padded_size": padded_size,
         }
 
     def forward(self, batched_inputs: List[Dict]):
         self.text_encoder.check_no_object(self.vocabulary)
         predictions = self.predict(batched_inputs, self.text_encoder.encode_vocabulary(self.vocabulary))
         if self.training:
-            return self.losses(batched_inputs, predictions["class_logits"], predictions["refined_masks"])
+            return self.losses(batched_inputs, predictions["class_logits"],
+                               predictions["refined_masks"], predictions["padded_size"])
         return self.inference(batched_inputs, predictions)
 
     def inference(self, batched_inputs: List[Dict], predictions: Dict) -> List[Dict]:
@@ -275,6 +396,7 @@ class MaskCLIP(nn.Module):
         ``maskclip_d2.deploy`` applies it to an exported graph's outputs."""
         class_logits, refined = predictions["class_logits"], predictions["refined_masks"]
         mask_logits, objectness = predictions["mask_logits"], predictions["objectness"]
+        padded_size = predictions["padded_size"]
         if getattr(self.proposal_network, "outputs_are_ground_truth", False):
             output_masks = None  # the ground-truth masks themselves (Table 7)
         else:
@@ -293,7 +415,12 @@ class MaskCLIP(nn.Module):
                 mask_probs = resize_masks(gt, (height, width), mode="nearest")
                 probs = class_probs[b, : len(gt)]
             else:
-                mask_probs = resize_masks(output_masks[b].float(), (height, width)).sigmoid()
+                masks = output_masks[b].float()
+                if padded_size is not None:
+                    # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
+                    masks = resize_masks(masks, padded_size)
+                    masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
+                mask_probs = resize_masks(masks, (height, width)).sigmoid()
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
@@ -305,17 +432,20 @@ class MaskCLIP(nn.Module):
         if self.panoptic_on:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 class_probs, mask_probs, self.is_thing, self.object_mask_threshold,
-                self.overlap_threshold,
+                self.overlap_threshold, self.overlap_rule,
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
-                class_probs, mask_probs, self.detections_per_image, self.is_thing
+                class_probs, mask_probs, self.detections_per_image, self.is_thing,
+                self.instance_thing_filter,
             )
         return result
 
-    def losses(self, batched_inputs, class_logits, refined) -> Dict[str, torch.Tensor]:
+    def losses(self, batched_inputs, class_logits, refined, padded_size=None) -> Dict[str, torch.Tensor]:
         """Hungarian-matched CE over the vocabulary + no-object, and dice + BCE on the masks of
-        every RMA layer (deep supervision; the last layer's are the main output)."""
+        every RMA layer (deep supervision; the last layer's are the main output). With a
+        ``padded_size`` the predicted masks span the padded batch, so the ground-truth masks
+        are padded to it (as Mask2Former's ``prepare_targets``)."""
         if self.criterion is None:
             raise RuntimeError(
                 f"MaskCLIP in mode {type(self.encoder).__name__} has nothing to train: "
@@ -329,6 +459,9 @@ class MaskCLIP(nn.Module):
         targets = []
         for x in batched_inputs:
             masks = gt_masks_of(x).to(self.device)
+            if padded_size is not None:
+                masks = F.pad(masks, (0, padded_size[1] - masks.shape[-1],
+                                      0, padded_size[0] - masks.shape[-2]))
             targets.append({"labels": x["instances"].gt_classes.to(self.device), "masks": masks})
         outputs = {"pred_logits": class_logits, "pred_masks": refined[-1]}
         outputs["aux_outputs"] = [
