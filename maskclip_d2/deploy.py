@@ -141,6 +141,8 @@ def export_onnx(model: MaskCLIP, cfg: CfgNode, path: str, optimize: bool = False
     # The no-object embedding enters the image graph as a constant: computed here, cached.
     text_encoder.encode_vocabulary([text_encoder.no_object_name])
     vocabulary = text_encoder.encode_vocabulary(model.vocabulary)
+    if len(vocabulary) == 1:  # an example of size 1 would be taken for a constant
+        vocabulary = vocabulary.repeat(2, 1)
 
     # An example of the shapes the graph takes: a resized image whose sides differ and are no
     # multiple of the backbone stride, so that no shape is mistaken for a constant.
