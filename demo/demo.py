@@ -5,6 +5,7 @@
         --input photos/ img.jpg 'more/*.png' --output out/ \
         --vocab "toy rabbit, real rabbit; sky; grass" --task panoptic \
         --opts MODEL.WEIGHTS model_final.pth
+    python demo/demo.py --backend onnx --onnx-model model.onnx --input img.jpg --vocab "sky; grass"
 
 Semicolons separate classes, commas separate synonyms of one class; ``--vocab ade20k_150``
 takes a benchmark's vocabulary (``maskclip_d2.data.vocabularies``) with its thing / stuff
@@ -45,7 +46,13 @@ SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--config-file", metavar="FILE", help="the model's config (pytorch backend)")
+    parser.add_argument(
+        "--backend", choices=["pytorch", "onnx"], default="pytorch",
+        help="onnx: run a model exported by tools/export_onnx.py with ONNX Runtime (its config "
+        "is stored in the file; --opts may change post-processing keys)",
+    )
+    parser.add_argument("--onnx-model", metavar="FILE", help="the .onnx file of --backend onnx")
     parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--output", default="output/demo", help="output folder (or file, for one image)")
     vocab = parser.add_mutually_exclusive_group()
@@ -212,7 +219,22 @@ def main(argv=None):
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not os.path.isfile(args.config_file):
+    if args.backend == "onnx":
+        if not args.onnx_model:
+            print("error: --backend onnx needs --onnx-model FILE (see tools/export_onnx.py)", file=sys.stderr)
+            return 2
+        if not os.path.isfile(args.onnx_model):
+            print(f"error: ONNX model {args.onnx_model} not found; create it with "
+                  f"tools/export_onnx.py --output {args.onnx_model}", file=sys.stderr)
+            return 2
+        if args.config_file or args.proposals:
+            print("error: --backend onnx reads the config stored in --onnx-model; drop "
+                  "--config-file / --proposals", file=sys.stderr)
+            return 2
+    elif not args.config_file:
+        print("error: --config-file is required (or --backend onnx --onnx-model FILE)", file=sys.stderr)
+        return 2
+    elif not os.path.isfile(args.config_file):
         print(f"error: config file {args.config_file} not found", file=sys.stderr)
         return 2
 
@@ -235,13 +257,21 @@ def main(argv=None):
         return 2
 
     setup_logger(name="maskclip_d2")
-    cfg = setup_cfg(args)
+    if args.backend == "onnx":
+        from maskclip_d2.deploy import ONNXPredictor
+
+        predictor = ONNXPredictor(args.onnx_model, opts=args.opts)
+        cfg = predictor.cfg
+    else:
+        cfg = setup_cfg(args)
+        predictor = None
     if cfg.MODEL.CLIP.WEIGHTS == "random":
         print(
             "NOTE: this config uses RANDOM CLIP weights (MODEL.CLIP.WEIGHTS random): the demo "
             "checks that the pipeline runs; its labels and scores mean nothing."
         )
-    predictor = Predictor(cfg)
+
+    predictor = predictor or Predictor(cfg)
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
     demo = VisualizationDemo(predictor, args.confidence_threshold)

@@ -198,7 +198,20 @@ def read_rgb_image(image) -> np.ndarray:
 class Predictor:
     """A MaskCLIP model ready for single images (resize, inference, vocabulary handling)."""
 
-    def __init__(self, cfg: Union[CfgNode, str], weights: Optional[str] = None, device: Optional[str] = None):
+    def __init__(
+        self,
+        cfg: Union[CfgNode, str],
+        weights: Optional[str] = None,
+        device: Optional[str] = None,
+        model: Optional[torch.nn.Module] = None,
+    ):
+        """
+        Args:
+            cfg: a MaskCLIP config or the path of its yaml file.
+            weights, device: override ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``.
+            model: a MaskCLIP already built for ``cfg`` (e.g. ``maskclip_d2.deploy``'s, which
+                runs an exported graph with ONNX Runtime); None builds one and loads its weights.
+        """
         if isinstance(cfg, (str, os.PathLike)):
             cfg = get_maskclip_cfg(os.fspath(cfg))
         cfg = cfg.clone()
@@ -209,14 +222,30 @@ class Predictor:
             cfg.MODEL.DEVICE = device
         cfg.freeze()
         self.cfg = cfg
-        self.model = build_model(cfg)
+        if model is None:
+            model = build_model(cfg)
+            if cfg.MODEL.WEIGHTS:
+                StrictCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        self.model = model
         self.model.eval()
-        if cfg.MODEL.WEIGHTS:
-            StrictCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
         self.input_format = cfg.INPUT.FORMAT
+
+    def inputs(self, image) -> Dict:
+        """The model's input dict for one image (a path, a PIL image or an (H, W, 3) uint8 RGB
+        array): ``"image"`` (3, h, w) uint8 in ``INPUT.FORMAT``, resized by the test-time
+        ``ResizeShortestEdge``; ``"height"`` and ``"width"`` of the original image."""
+        rgb = read_rgb_image(image)
+        height, width = rgb.shape[:2]
+        image = rgb if self.input_format == "RGB" else rgb[..., ::-1]
+        image = self.resize.get_transform(image).apply_image(image)
+        return {
+            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "height": height,
+            "width": width,
+        }
 
     @property
     def vocabulary(self) -> List[str]:
@@ -271,15 +300,7 @@ class Predictor:
             self.set_vocabulary(vocabulary, is_thing=is_thing, stuff=stuff)
         elif is_thing is not None or stuff is not None:
             self.set_vocabulary(self.vocabulary, is_thing=is_thing, stuff=stuff)
-        rgb = read_rgb_image(image)
-        height, width = rgb.shape[:2]
-        image = rgb if self.input_format == "RGB" else rgb[..., ::-1]
-        image = self.resize.get_transform(image).apply_image(image)
-        inputs = {
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "height": height,
-            "width": width,
-        }
+        inputs = self.inputs(image)
         model = self.model
         flags = (model.semantic_on, model.panoptic_on, model.instance_on)
         model.semantic_on, model.panoptic_on, model.instance_on = (

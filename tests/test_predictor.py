@@ -102,9 +102,9 @@ def test_stuff_classes_are_one_region_each_and_flags_follow_every_call(monkeypat
     # Text embeddings made to fit this random model's mask features: quadrant 0 is the
     # rabbit, the others sky or grass, none is no-object ("other").
     text = predictor.model.text_encoder
-    captured, forward = {}, text.forward
-    monkeypatch.setattr(text, "forward", lambda features, names, no_object=False: (
-        captured.setdefault("features", features.detach()), forward(features, names, no_object))[1])
+    captured, classify = {}, text.classify
+    monkeypatch.setattr(text, "classify", lambda features, embeddings, no_object=False: (
+        captured.setdefault("features", features.detach()), classify(features, embeddings, no_object))[1])
     predictor(PHOTO, vocabulary=vocabulary, task="semantic")
     features = F.normalize(captured["features"][0], dim=-1)  # (4, E)
     mean = F.normalize(features[1:].mean(0), dim=0)

@@ -43,10 +43,12 @@ def crop_and_resize(mask_logits: torch.Tensor, image_sizes, stride: float, size:
     Returns:
         (B, Q, S, S): bilinear, pixel-centre aligned (``roi_align(aligned=True)``).
     """
-    boxes = torch.tensor(
-        [[i, 0.0, 0.0, float(w), float(h)] for i, (h, w) in enumerate(image_sizes)],
-        dtype=mask_logits.dtype, device=mask_logits.device,
-    )
+    # Built with tensor operations, so an exported graph keeps the image size symbolic.
+    sizes = torch.stack(
+        [torch.stack([torch.scalar_tensor(w), torch.scalar_tensor(h)]) for h, w in image_sizes]
+    ).to(device=mask_logits.device, dtype=mask_logits.dtype)
+    index = torch.arange(len(image_sizes), device=mask_logits.device, dtype=mask_logits.dtype)
+    boxes = torch.cat([index[:, None], sizes.new_zeros(len(image_sizes), 2), sizes], dim=1)
     return roi_align(mask_logits, boxes, (size, size), 1.0 / stride, sampling_ratio=0, aligned=True)
 
 
@@ -92,7 +94,8 @@ class Mask2FormerProposals(_FrozenProposals):
             1, top[..., None, None].expand(-1, -1, *mask_logits.shape[-2:])
         )
         if padded_size is None:
-            stride = images.tensor.shape[-1] / mask_logits.shape[-1]
+            # an int, not a ratio of (symbolic) sizes: an exported graph keeps the image size
+            stride = self.network.sem_seg_head.pixel_decoder.common_stride
             return crop_and_resize(mask_logits, images.image_sizes, stride, size), objectness
         if tuple(images.tensor.shape[-2:]) != tuple(padded_size):
             raise ValueError(

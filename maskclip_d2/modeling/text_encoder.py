@@ -41,7 +41,7 @@ from detectron2.config import configurable
 from .clip_loader import build_clip_tokenizer
 from .clip_towers import text_transformer_forward
 
-__all__ = ["CLIPTextEncoder", "check_vocabulary"]
+__all__ = ["CLIPTextEncoder", "check_vocabulary", "ensemble_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,17 +214,39 @@ class CLIPTextEncoder(nn.Module):
             (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
         """
         class_names = check_vocabulary(class_names)
-        if no_object and self.no_object_name in class_names:
+        if no_object:
+            self.check_no_object(class_names)
+        # Cached separately, so the vocabulary's embeddings serve with and without no-object.
+        return self.classify(features, self._embeddings(class_names, features.device), no_object)
+
+    def classify(
+        self, features: torch.Tensor, class_embeddings: torch.Tensor, no_object: bool = False
+    ) -> torch.Tensor:
+        """``forward`` with the vocabulary given as text embeddings instead of names (what an
+        exported model takes as input; see tools/export_onnx.py).
+
+        Args:
+            features: (..., E) image-side features in CLIP's joint space; normalised here.
+            class_embeddings: (C, E) text embeddings, e.g. ``encode_vocabulary(names)``;
+                normalised here (a no-op for ``encode_vocabulary``'s unit vectors).
+            no_object: append the no-object logit as column C.
+
+        Returns:
+            (..., C) float32 logits, cosine / temperature; (..., C + 1) with ``no_object``.
+        """
+        text = F.normalize(class_embeddings.float(), dim=-1)
+        if no_object:
+            text = torch.cat([text, self._embeddings((self.no_object_name,), text.device).to(text.device)])
+        image = F.normalize(features.float(), dim=-1)
+        return image @ text.to(image.device).T / self.temperature
+
+    def check_no_object(self, class_names: Sequence[str]) -> None:
+        """ValueError if the vocabulary contains the no-object text (its logits would clash)."""
+        if self.no_object_name in class_names:
             raise ValueError(
                 f"the vocabulary contains the no-object text {self.no_object_name!r}: rename "
                 f"that class or choose another no_object_name"
             )
-        # Cached separately, so the vocabulary's embeddings serve with and without no-object.
-        text = self._embeddings(class_names, features.device)
-        if no_object:
-            text = torch.cat([text, self._embeddings((self.no_object_name,), features.device)])
-        image = F.normalize(features.float(), dim=-1)
-        return image @ text.to(image.device).T / self.temperature
 
     def encode_vocabulary(self, class_names: Sequence[str], device=None) -> torch.Tensor:
         """(C, E) float32 unit-norm text embeddings of the class names (cached), computed on
@@ -290,20 +312,9 @@ class CLIPTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_with_tower(self, names: Tuple[str, ...]) -> torch.Tensor:
-        split = _synonyms if self.split_synonyms else (lambda name: [name])
-        synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in split(name)]
-        prompts = [template.format(synonym) for _, synonym in synonyms for template in self.prompt_templates]
-        embeddings = torch.cat(
-            [self.encode_text(prompts[s:s + self.batch_size])
-             for s in range(0, len(prompts), self.batch_size)]
+        return ensemble_embeddings(
+            names, self.prompt_templates, self.encode_text, self.batch_size, self.split_synonyms
         )
-        # Template ensemble per synonym, then the mean of the synonyms per name; normalising
-        # a sum of unit vectors is normalising their mean.
-        device = embeddings.device
-        per_synonym = torch.arange(len(synonyms), device=device).repeat_interleave(len(self.prompt_templates))
-        per_name = torch.tensor([i for i, _ in synonyms], device=device)
-        synonym_embeddings = F.normalize(_sum_by(embeddings, per_synonym, len(synonyms)), dim=-1)
-        return F.normalize(_sum_by(synonym_embeddings, per_name, len(names)), dim=-1)
 
     def encode_text(self, texts: List[str]) -> torch.Tensor:
         """(T, E) float32 unit-norm embeddings of texts: ``clip_model.encode_text`` of
@@ -357,6 +368,33 @@ def check_vocabulary(class_names: Sequence[str]) -> Tuple[str, ...]:
             f"(merge synonyms into one entry, 'a, b')"
         )
     return names
+
+
+def ensemble_embeddings(
+    names: Sequence[str],
+    templates: Sequence[str],
+    encode_text: Callable[[List[str]], torch.Tensor],
+    batch_size: int = 256,
+    split_synonyms: bool = True,
+) -> torch.Tensor:
+    """(C, E) unit-norm class embeddings: every synonym of every name in every template goes
+    through ``encode_text`` (texts -> (T, E) unit-norm embeddings), ``batch_size`` prompts at a
+    time (``split_synonyms`` False: a name is one text, commas included); the templates are
+    averaged per synonym (CLIP's ensemble), then the synonyms per name.
+    ``CLIPTextEncoder`` uses it with its text tower, ``maskclip_d2.deploy`` with an exported one."""
+    split = _synonyms if split_synonyms else (lambda name: [name])
+    synonyms = [(i, synonym) for i, name in enumerate(names) for synonym in split(name)]
+    prompts = [template.format(synonym) for _, synonym in synonyms for template in templates]
+    embeddings = torch.cat(
+        [encode_text(prompts[s:s + batch_size]) for s in range(0, len(prompts), batch_size)]
+    )
+    # Template ensemble per synonym, then the mean of the synonyms per name; normalising
+    # a sum of unit vectors is normalising their mean.
+    device = embeddings.device
+    per_synonym = torch.arange(len(synonyms), device=device).repeat_interleave(len(templates))
+    per_name = torch.tensor([i for i, _ in synonyms], device=device)
+    synonym_embeddings = F.normalize(_sum_by(embeddings, per_synonym, len(synonyms)), dim=-1)
+    return F.normalize(_sum_by(synonym_embeddings, per_name, len(names)), dim=-1)
 
 
 def _sum_by(x: torch.Tensor, index: torch.Tensor, groups: int) -> torch.Tensor:

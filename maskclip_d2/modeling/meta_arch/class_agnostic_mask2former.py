@@ -88,6 +88,13 @@ class ClassAgnosticMask2Former(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalised images, padded to ``size_divisibility`` and batched."""
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        if len(images) == 1:
+            # What ImageList.from_tensors does for one image, in Python integer arithmetic:
+            # the exported graph (tools/export_onnx.py) keeps the image size symbolic this way.
+            height, width = images[0].shape[-2:]
+            stride = max(self.size_divisibility, 1)
+            padded = F.pad(images[0], (0, -width % stride, 0, -height % stride))
+            return ImageList(padded[None], [(height, width)])
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def predict(self, images: torch.Tensor) -> Dict:

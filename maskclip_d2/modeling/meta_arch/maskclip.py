@@ -238,17 +238,7 @@ class MaskCLIP(nn.Module):
         # the vocabulary first: a misspelled dataset or preset fails before CLIP loads
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             vocabulary_from_metadata(MetadataCatalog.get(name))
-        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
-        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-        if dataset:
-            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
-        else:
-            vocabulary, is_thing = resolve_vocabulary(list(mc.VOCABULARY))
-        if not vocabulary:
-            raise ValueError(
-                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
-                "or list class names (or one preset name) in MODEL.MASKCLIP.VOCABULARY"
-            )
+        options = cls.inference_options(cfg)
 
         clip_name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
         cache_dir = cfg.MODEL.CLIP.CACHE_DIR or None
@@ -264,32 +254,50 @@ class MaskCLIP(nn.Module):
                 f"resizes images and proposals to a square CLIP input: use a square image size"
             )
         check_clip_normalisation(cfg, clip_model)
-        if weights == "random":
-            clip_weights, tower_loader = None, None
-        else:
-            clip_weights = f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {clip_name})" if not weights else "")
-
+        tower_loader = None
+        if weights != "random":
             def tower_loader():
                 return build_clip_model(clip_name, weights, cache_dir=cache_dir, architecture=architecture)
 
         text_encoder = CLIPTextEncoder(cfg, clip_model, tower_loader=tower_loader)
         del clip_model  # its towers live on in the encoders
-
         criterion = None
         if mc.MODE == "rma":
-            criterion = build_set_criterion(len(vocabulary), mc)
-        test = mc.TEST
+            criterion = build_set_criterion(len(options["vocabulary"]), mc)
         proposal_network = build_proposal_network(cfg)
         # the padded batch is the proposal network's own, when it pads
-        size_divisibility = getattr(
+        options["size_divisibility"] = getattr(
             getattr(proposal_network, "network", None), "size_divisibility",
-            cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            options["size_divisibility"],
         )
         return {
             "proposal_network": proposal_network,
             "encoder": encoder,
             "text_encoder": text_encoder,
             "criterion": criterion,
+            **options,
+        }
+
+    @classmethod
+    def inference_options(cls, cfg) -> Dict:
+        """The constructor's arguments other than the networks (vocabulary, normalisation,
+        post-processing), read from ``cfg`` without building anything; ``maskclip_d2.deploy``
+        gives them to the MaskCLIP that wraps an exported graph."""
+        mc = cfg.MODEL.MASKCLIP
+        dataset = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+        dataset = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+        if dataset:
+            vocabulary, is_thing = vocabulary_from_metadata(MetadataCatalog.get(dataset))
+        else:
+            vocabulary, is_thing = resolve_vocabulary(list(mc.VOCABULARY))
+        if not vocabulary:
+            raise ValueError(
+                "MaskCLIP needs a vocabulary: name a dataset in DATASETS.TRAIN / DATASETS.TEST "
+                "or list class names (or one preset name) in MODEL.MASKCLIP.VOCABULARY"
+            )
+        test = mc.TEST
+        weights = cfg.MODEL.CLIP.WEIGHTS
+        return {
             "vocabulary": vocabulary,
             "is_thing": is_thing,
             "clip_pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
@@ -307,8 +315,10 @@ class MaskCLIP(nn.Module):
             "clip_input": mc.CLIP_INPUT,
             "clip_interpolation": mc.CLIP_INTERPOLATION,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "size_divisibility": size_divisibility,
-            "clip_weights": clip_weights,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "clip_weights": None if weights == "random" else (
+                f"MODEL.CLIP.WEIGHTS {weights!r}" + (f" (official {cfg.MODEL.CLIP.NAME})" if not weights else "")
+            ),
             "proposal_weights": (
                 f"MODEL.MASKCLIP.PROPOSAL_WEIGHTS {mc.PROPOSAL_WEIGHTS!r}"
                 if mc.PROPOSAL_WEIGHTS and mc.PROPOSAL_NETWORK != "gt" else None
@@ -402,7 +412,8 @@ class MaskCLIP(nn.Module):
         stride = max(self.size_divisibility, 1)
         height = max(x["image"].shape[-2] for x in batched_inputs)
         width = max(x["image"].shape[-1] for x in batched_inputs)
-        return (-(-height // stride) * stride, -(-width // stride) * stride)
+        # (written so that an exported graph can tell the padded size is never the smaller)
+        return (height + -height % stride, width + -width % stride)
 
     def clip_images(self, batched_inputs: List[Dict], padded_size=None) -> torch.Tensor:
         """(B, 3, R, R): the images resized to CLIP's input resolution, CLIP-normalised.
@@ -414,10 +425,14 @@ class MaskCLIP(nn.Module):
         mode, antialias = CLIP_INTERPOLATIONS[self.clip_interpolation]
         images = [x["image"].to(self.device).float() for x in batched_inputs]
         if padded_size is not None:
-            canvas = self.pixel_mean.expand(len(images), -1, *padded_size).clone()
-            for canvas_image, image in zip(canvas, images):
-                canvas_image[:, : image.shape[-2], : image.shape[-1]] = image
-            images = list(canvas)
+            # Padded rather than copied into a canvas, so that an exported graph keeps the
+            # image size symbolic; exact: the image's pixels + 0, the padding's 0 + the mean.
+            padded = []
+            for image in images:
+                pads = (0, padded_size[1] - image.shape[-1], 0, padded_size[0] - image.shape[-2])
+                inside = F.pad(torch.ones_like(image[:1]), pads)
+                padded.append(F.pad(image, pads) + (1 - inside) * self.pixel_mean)
+            images = padded
         resized = []
         for image in images:
             if self.input_format == "BGR":
@@ -428,19 +443,50 @@ class MaskCLIP(nn.Module):
             resized.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
         return torch.stack(resized)
 
-    def forward(self, batched_inputs: List[Dict]):
+    def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
+        """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
+        before any loss or post-processing. ``tools/export_onnx.py`` exports this method, so
+        an exported model computes what ``forward`` does.
+
+        Args:
+            batched_inputs: as for ``forward`` (only ``"image"`` is read, and the
+                annotations by "gt" proposals).
+            class_embeddings: (K, E) text embeddings of the vocabulary
+                (``text_encoder.encode_vocabulary``).
+
+        Returns:
+            dict with ``"class_logits"`` (B, M, K + 1), the vocabulary then no-object;
+            ``"mask_logits"`` (B, M, R, R) the proposals at CLIP's resolution R;
+            ``"objectness"`` (B, M); ``"refined_masks"``: list of (B, M, R, R), one per RMA
+            layer (empty without RMA); ``"padded_size"``: ``self.padded_size(batched_inputs)``.
+        """
         size = self.clip_resolution
         padded_size = self.padded_size(batched_inputs)
         mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
         mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
         encoded = self.encoder(self.clip_images(batched_inputs, padded_size), mask_logits)
-        # (B, M, K + 1): the vocabulary, then no-object
-        class_logits = self.text_encoder(encoded["features"], self.vocabulary, no_object=True)
-        refined = encoded["masks"]
+        class_logits = self.text_encoder.classify(encoded["features"], class_embeddings, no_object=True)
+        return {
+            "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
+            "refined_masks": encoded["masks"], "padded_size": padded_size,
+        }
 
+    def forward(self, batched_inputs: List[Dict]):
+        self.text_encoder.check_no_object(self.vocabulary)
+        predictions = self.predict(batched_inputs, self.text_encoder.encode_vocabulary(self.vocabulary))
         if self.training:
-            return self.losses(batched_inputs, class_logits, refined, padded_size)
+            return self.losses(batched_inputs, predictions["class_logits"],
+                               predictions["refined_masks"], predictions["padded_size"])
+        return self.inference(batched_inputs, predictions)
 
+    def inference(self, batched_inputs: List[Dict], predictions: Dict) -> List[Dict]:
+        """``predict``'s outputs -> per image Detectron2's outputs at the image's ``"height"``
+        x ``"width"``: class probabilities (times objectness in the training-free modes), the
+        output masks (the last RMA layer's, else the proposals) resized, post-processed.
+        ``maskclip_d2.deploy`` applies it to an exported graph's outputs."""
+        class_logits, refined = predictions["class_logits"], predictions["refined_masks"]
+        mask_logits, objectness = predictions["mask_logits"], predictions["objectness"]
+        padded_size = predictions["padded_size"]
         if getattr(self.proposal_network, "outputs_are_ground_truth", False):
             output_masks = None  # the ground-truth masks themselves (Table 7)
         else:

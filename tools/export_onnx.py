@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Export MaskCLIP to ONNX: an image graph (image + vocabulary text embeddings -> per-mask
+class logits, mask logits, objectness) and a text graph (CLIP's text tower), for ONNX Runtime.
+
+    python tools/export_onnx.py --config-file configs/tiny/maskclip_tiny.yaml --output model.onnx \
+        [--opts MODEL.WEIGHTS model_final.pth ...]
+
+writes ``model.onnx`` and ``model.text.onnx`` (each whole or not at all), then checks them: one
+photograph through PyTorch and through ONNX Runtime, the largest logit differences printed.
+Run the result with ``demo/demo.py --backend onnx --onnx-model model.onnx`` or
+``maskclip_d2.deploy.ONNXPredictor("model.onnx")``. See maskclip_d2/deploy.py for the graphs.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
+from maskclip_d2.deploy import ONNXPredictor, check_exportable, export_onnx, text_graph_path  # noqa: E402
+from maskclip_d2.predictor import Predictor  # noqa: E402
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--output", required=True, help="the image graph, NAME.onnx (the text graph: NAME.text.onnx)")
+    parser.add_argument("--no-check", action="store_true", help="skip the PyTorch / ONNX Runtime comparison")
+    parser.add_argument(
+        "--optimize", action="store_true",
+        help="also run onnxscript's graph optimizer (slower export; ONNX Runtime optimizes on load anyway)",
+    )
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    return parser
+
+
+def input_files(args, cfg):
+    """The files the export reads, which it must never overwrite."""
+    files = [args.config_file, cfg.MODEL.WEIGHTS, cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS]
+    if cfg.MODEL.CLIP.WEIGHTS not in ("", "random"):
+        files.append(cfg.MODEL.CLIP.WEIGHTS)
+    return [os.path.realpath(f) for f in files if f and os.path.exists(f)]
+
+
+def check_outputs(args, cfg):
+    """Bad output paths are refused before the model is built."""
+    if not args.output.endswith(".onnx"):
+        raise ValueError(f"--output must name an .onnx file, got {args.output}")
+    inputs = input_files(args, cfg)
+    for path in (args.output, text_graph_path(args.output)):
+        if os.path.realpath(path) in inputs:
+            raise ValueError(f"{path} is an input of the export; choose another --output")
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder; --output must name a file")
+
+
+# What the check accepts (float32 rounding; class logits are cosine / temperature).
+TOLERANCES = {"class_logits": 1e-3, "mask_logits": 1e-4, "objectness": 1e-4}
+
+
+def compare(cfg, model, path):
+    """Largest |PyTorch - ONNX Runtime| of the outputs on a photograph (True if within
+    TOLERANCES), and how many panoptic pixels agree."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    torch_predictor = Predictor(cfg, model=model)
+    onnx_predictor = ONNXPredictor(path)
+    inputs = torch_predictor.inputs(photo)
+    vocabulary = model.text_encoder.encode_vocabulary(model.vocabulary)
+    with torch.no_grad():
+        ours = model.predict([inputs], vocabulary)
+    theirs = onnx_predictor.model.predict([inputs], vocabulary)
+    refined = ours["refined_masks"]
+    ours["mask_logits"] = refined[-1] if refined else ours["mask_logits"]
+    within = True
+    for key, tolerance in TOLERANCES.items():
+        difference = float((ours[key] - theirs[key]).abs().max())
+        within &= difference <= tolerance
+        print(f"  {key}: max |PyTorch - ONNX Runtime| = {difference:.1e} (tolerance {tolerance:.0e})")
+    a = torch_predictor(photo, task="panoptic")["panoptic_seg"]
+    b = onnx_predictor(photo, task="panoptic")["panoptic_seg"]
+    differ = int((a[0] != b[0]).sum())
+    print(f"  panoptic on skimage's astronaut: {len(a[1])} segments (PyTorch), {len(b[1])} "
+          f"(ONNX Runtime); {differ} of {a[0].numel()} pixels differ (near-ties between "
+          "overlapping masks may flip a few)")
+    if not within:
+        print("error: ONNX Runtime's outputs differ from PyTorch's beyond the tolerance", file=sys.stderr)
+    return within
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    if not os.path.isfile(args.config_file):
+        print(f"error: config file {args.config_file} not found", file=sys.stderr)
+        return 2
+    setup_logger(name="maskclip_d2")
+    cfg = get_maskclip_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    try:
+        check_outputs(args, cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = Predictor(cfg).model
+    try:
+        check_exportable(model)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    paths = export_onnx(model, cfg, args.output, optimize=args.optimize)
+    print(f"wrote {paths['image_graph']} and {paths['text_graph']} in {time.perf_counter() - start:.0f}s")
+    if not args.no_check:
+        return 0 if compare(cfg, model, args.output) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
