@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo demo-photos test clean
 
 setup:
-	@bash tools/bootstrap.sh
+	@bash install/bootstrap.sh
 
 # The synthetic world's MaskCLIP (tools/synthetic_world.py --scale ci: CLIP pre-training and
 # both stages, about 3.5 CPU-minutes), trained on first use and cached; a partial cache (an

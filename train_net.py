@@ -7,7 +7,6 @@
 
 Only Detectron2's ``build_*`` hooks are overridden; everything else is ``DefaultTrainer``.
 """
-import copy
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
-from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -26,22 +24,8 @@ from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.evaluation import build_evaluator
 from maskclip_d2.utils import atomic_write
-from maskclip_d2.modeling.meta_arch.maskclip import vocabulary_from_metadata
-
-
-def _with_full_model_gradient_clipping(optimizer_class, max_norm, norm_type):
-    """``optimizer_class`` whose step first clips the norm of all gradients together
-    (SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model", as Mask2Former trains; Detectron2's own
-    types clip each parameter separately)."""
-
-    class FullModelGradientClipping(optimizer_class):
-        def step(self, closure=None):
-            params = [p for group in self.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-            return super().step(closure)
-
-    FullModelGradientClipping.__name__ = optimizer_class.__name__ + "WithFullModelGradientClipping"
-    return FullModelGradientClipping
+from maskclip_d2.modeling.maskclip import vocabulary_from_metadata
+from maskclip_d2.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
@@ -106,29 +90,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """AdamW (or SGD) over the trainable parameters only: CLIP and the proposal network
-        are frozen, so in stage 2 only the RMA weights are optimised."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(
-                "the model has no trainable parameters (MODEL.MASKCLIP.MODE 'mask_tokens' and "
-                "'baseline' are training-free: evaluate them with --eval-only)"
-            )
-        kind = cfg.SOLVER.OPTIMIZER.upper()
-        if kind == "ADAMW":
-            optimizer_class, kwargs = torch.optim.AdamW, {}
-        elif kind == "SGD":
-            optimizer_class, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}
-        else:
-            raise ValueError(f"SOLVER.OPTIMIZER must be ADAMW or SGD, got {cfg.SOLVER.OPTIMIZER!r}")
-        clip = cfg.SOLVER.CLIP_GRADIENTS
-        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-            optimizer_class = _with_full_model_gradient_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
-        else:
-            optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
-        return optimizer_class(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
-        )
+        """``maskclip_d2.solver.build_optimizer``: AdamW (or SGD) over the trainable parameters."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -28,17 +28,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # demo/predictor.py
+from detectron2.utils.logger import setup_logger
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
-from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary  # noqa: E402
-from maskclip_d2.utils import atomic_write  # noqa: E402
-from maskclip_d2.predictor import (  # noqa: E402
+from maskclip_d2.config import get_maskclip_cfg
+from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
+from maskclip_d2.utils import atomic_write
+from maskclip_d2.predictor import (
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
 )
-from predictor import VisualizationDemo  # noqa: E402
+from maskclip_d2.visualization import VisualizationDemo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

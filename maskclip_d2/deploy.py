@@ -33,10 +33,10 @@ from detectron2.config import CfgNode
 from torch import nn
 
 from .config import get_maskclip_cfg
-from .modeling.maskclip_encoder import MaskCLIPVisualEncoder
-from .modeling.meta_arch.maskclip import MaskCLIP
-from .modeling.proposals import Mask2FormerProposals
-from .modeling.text_encoder import CLIPTextEncoder, check_vocabulary, ensemble_embeddings
+from .modeling.encoder.maskclip_encoder import MaskCLIPVisualEncoder
+from .modeling.maskclip import MaskCLIP
+from .modeling.proposals.sources import Mask2FormerProposals
+from .modeling.clip.text_encoder import CLIPTextEncoder, check_vocabulary, ensemble_embeddings
 from .predictor import Predictor
 from .utils import atomic_write
 

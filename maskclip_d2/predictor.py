@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
 from .data.vocabularies import resolve_vocabulary
-from .modeling.text_encoder import check_vocabulary
+from .modeling.clip.text_encoder import check_vocabulary
 
 __all__ = [
     "Predictor", "TASKS", "parse_tasks", "parse_vocabulary", "check_vocabulary", "thing_flags",

@@ -73,14 +73,14 @@ def test_the_device_is_the_gpu_if_usable_else_the_cpu_unless_the_user_set_one(tm
 
 def test_cpu_processes_share_the_machines_cores(monkeypatch):
     import os
-    import sys
 
     import torch
 
     from maskclip_d2 import get_maskclip_cfg
 
-    sys.path.insert(0, str(REPO))
-    import train_net
+    from helpers.scripts import load_script
+
+    train_net = load_script("train_net.py")
 
     cfg = get_maskclip_cfg(None, ["MODEL.DEVICE", "cpu"])
     before = torch.get_num_threads()

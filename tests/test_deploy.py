@@ -9,7 +9,6 @@ One export (about 40 s of CPU on one thread) serves the whole module.
 """
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
+from helpers.scripts import load_script
 from maskclip_d2 import Predictor, get_maskclip_cfg
 from maskclip_d2.deploy import (
     MIN_IMAGE_SIDE, ONNXPredictor, ONNXRuntimeMaskCLIP, export_onnx, text_graph_path,
@@ -154,8 +154,7 @@ def test_bad_inputs_are_refused_with_clear_errors(exported, tmp_path):
 
 
 def test_export_tool_never_overwrites_an_input(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import export_onnx as tool
+    tool = load_script("tools/export_onnx.py")
 
     config = tmp_path / "model.onnx"  # a config file named like the output
     config.write_text(f'_BASE_: "{TINY}"\n')
@@ -168,8 +167,7 @@ def test_export_tool_never_overwrites_an_input(tmp_path, capsys):
 
 
 def test_demo_onnx_backend_draws_the_same_segments(exported, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "demo"))
-    import demo
+    demo = load_script("demo/demo.py")
 
     from PIL import Image
 

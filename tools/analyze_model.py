@@ -32,8 +32,8 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg, shapes_only  # noqa: E402
 from maskclip_d2.utils.flops import count_flops, sdpa_flop_jit  # noqa: E402,F401 (re-exported)
-from maskclip_d2.modeling.clip_baseline import CLIPBaselineEncoder  # noqa: E402
-from maskclip_d2.modeling.maskclip_encoder import MaskCLIPVisualEncoder  # noqa: E402
+from maskclip_d2.modeling.encoder.clip_baseline import CLIPBaselineEncoder  # noqa: E402
+from maskclip_d2.modeling.encoder.maskclip_encoder import MaskCLIPVisualEncoder  # noqa: E402
 
 __all__ = ["sdpa_flop_jit", "count_flops", "setup_cfg", "analyze", "format_table", "main"]
 

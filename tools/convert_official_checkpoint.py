@@ -266,8 +266,8 @@ def _clip_state(clip_weights: str, config_file: str, opts: List[str]) -> Dict[st
     """The state dict of the CLIP ``--clip-weights`` names: OpenAI's (``load_clip``), or, when
     the config names an OpenCLIP model, that model with these weights (a tag or a file)."""
     from maskclip_d2.config import get_maskclip_cfg
-    from maskclip_d2.modeling.clip_loader import build_clip_model, load_clip
-    from maskclip_d2.modeling.openclip_loader import OPENCLIP_PREFIX
+    from maskclip_d2.modeling.clip.openai_loader import build_clip_model, load_clip
+    from maskclip_d2.modeling.clip.openclip_loader import OPENCLIP_PREFIX
 
     name = get_maskclip_cfg(config_file, opts).MODEL.CLIP.NAME
     if name.startswith(OPENCLIP_PREFIX):

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling.clip_baseline import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
-from ..modeling.clip_loader import CLIPArchitecture
+from ..modeling.clip.normalization import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from ..modeling.clip.openai_loader import CLIPArchitecture
 from ..utils.file_io import atomic_write
 from .world import CONCEPTS, render_concept_image
 

@@ -248,7 +248,7 @@ def write_world(
     """
     import pycocotools.mask as mask_util
 
-    from ..data.datasets.utils import write_json_atomic
+    from ..utils.file_io import write_json_atomic
 
     folder = os.path.join(root, WORLD_DIR)
     settings = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed,

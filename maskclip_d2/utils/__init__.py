@@ -1,1 +1,1 @@
-from .file_io import atomic_write
+from .file_io import atomic_write, write_json_atomic

@@ -1,8 +1,9 @@
 """Files written whole or not at all."""
 import contextlib
+import json
 import os
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_json_atomic"]
 
 
 @contextlib.contextmanager
@@ -24,3 +25,9 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomic(obj, path):
+    """Write ``obj`` as JSON so that ``path`` exists only once it is complete."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f)

@@ -1,1 +1,1 @@
-from tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
+from helpers.tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)

@@ -7,7 +7,7 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_ade20k_150 import register_all_ade20k_150
-from tiny_datasets import (
+from helpers.tiny_datasets import (
     ade_raw_instances,
     ade_raw_semantic,
     ade_things,

@@ -6,7 +6,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_ade20k_full import register_all_ade20k_full
-from tiny_datasets import (
+from helpers.tiny_datasets import (
     ADE_FULL_BIG,
     ADE_FULL_NOT_SHIPPED,
     ADE_FULL_STEMS,

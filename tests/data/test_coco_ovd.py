@@ -3,7 +3,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from maskclip_d2.data.datasets.register_coco_ovd import register_all_coco_ovd
-from tiny_datasets import mtimes, run_prepare, write_coco_instances
+from helpers.tiny_datasets import mtimes, run_prepare, write_coco_instances
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_coco_panoptic import register_all_coco_panoptic
-from tiny_datasets import COCO_STUFF_IDS, COCO_THING_IDS, mtimes, run_prepare, write_coco_panoptic
+from helpers.tiny_datasets import COCO_STUFF_IDS, COCO_THING_IDS, mtimes, run_prepare, write_coco_panoptic
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from detectron2.data import DatasetCatalog
 from maskclip_d2 import add_maskclip_config
 from maskclip_d2.data.dataset_mappers import COCOPanopticLSJDatasetMapper
 from maskclip_d2.data.datasets.register_coco_panoptic import register_all_coco_panoptic
-from tiny_datasets import SCENE_SIZE, coco_scene, run_prepare, write_coco_panoptic_scenes
+from helpers.tiny_datasets import SCENE_SIZE, coco_scene, run_prepare, write_coco_panoptic_scenes
 
 
 def test_rescaled_and_padded_scene_keeps_every_segment(tmp_path):

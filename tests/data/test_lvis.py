@@ -3,7 +3,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from maskclip_d2.data.datasets.register_lvis import register_all_lvis
-from tiny_datasets import run_prepare, write_lvis
+from helpers.tiny_datasets import run_prepare, write_lvis
 
 
 def test_metadata_1203_readable_names_with_synonyms(tmp_path):

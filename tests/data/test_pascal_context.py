@@ -5,7 +5,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_pascal_context import register_all_pascal_context
-from tiny_datasets import (
+from helpers.tiny_datasets import (
     PASCAL_VAL_STEMS,
     mtimes,
     pascal_context_label_maps,

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from tiny_datasets import (
+from helpers.tiny_datasets import (
     ade_instance_class,
     mtimes,
     run_prepare,

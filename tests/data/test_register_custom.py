@@ -4,13 +4,11 @@ scored by the evaluators train_net.py builds (PQ + mIoU + AP for panoptic)."""
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
@@ -25,8 +23,7 @@ from maskclip_d2.data.datasets import (
 )
 from maskclip_d2.evaluation import build_evaluator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
-from test_build_evaluator import as_scores, evaluate, instances_from_masks, panoptic_outputs  # noqa: E402
+from helpers.evaluation import as_scores, evaluate, instances_from_masks, panoptic_outputs
 
 H, W = 24, 32
 CLASSES = ["toy rabbit, real rabbit", "sky", "grass"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from maskclip_d2.data.datasets.register_synthetic_world import register_all_synthetic_world
 from maskclip_d2.synthetic_world.world import CONCEPTS, render_scene, write_world
-from tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
+from helpers.tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
 
 NOVEL = {i for i, c in enumerate(CONCEPTS) if c.novel}
 

@@ -3,17 +3,15 @@ prediction with a known error scores the value computed by hand."""
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
-from detectron2.structures import Boxes, Instances
-from panopticapi.utils import rgb2id
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_ade20k_150 import register_all_ade20k_150
 from maskclip_d2.evaluation import build_evaluator
-from tiny_datasets import run_prepare, write_ade20k_150
+from helpers.evaluation import as_scores, evaluate, instances_from_masks, panoptic_outputs
+from helpers.tiny_datasets import run_prepare, write_ade20k_150
 
 
 @pytest.fixture
@@ -30,40 +28,7 @@ def ade(tmp_path):
     register_all_ade20k_150(str(tmp_path / "data"))
 
 
-def evaluate(evaluator, inputs, outputs):
-    evaluator.reset()
-    for x, y in zip(inputs, outputs):
-        evaluator.process([x], [y])
-    return evaluator.evaluate()
-
-
-def instances_from_masks(masks, classes, scores):
-    """Instances as a model returns them: boolean masks (N, H, W), boxes, classes, scores."""
-    masks = torch.as_tensor(np.stack(masks))
-    inst = Instances(masks.shape[1:])
-    inst.pred_masks = masks
-    ys_xs = [np.nonzero(m) for m in masks.numpy()]
-    inst.pred_boxes = Boxes(torch.tensor(
-        [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] for ys, xs in ys_xs], dtype=torch.float32))
-    inst.pred_classes = torch.as_tensor(classes)
-    inst.scores = torch.as_tensor(scores, dtype=torch.float32)
-    return {"instances": inst}
-
-
 # ---- panoptic (PQ) -----------------------------------------------------------------------
-def panoptic_outputs(records, drop_segment=None):
-    outputs = []
-    for r in records:
-        pan = rgb2id(np.asarray(Image.open(r["pan_seg_file_name"])).astype(np.uint32))
-        segments = [dict(id=s["id"], category_id=s["category_id"], isthing=s["isthing"])
-                    for s in r["segments_info"]]
-        if drop_segment is not None and r["image_id"] == drop_segment[0]:
-            pan[pan == drop_segment[1]] = 0
-            segments = [s for s in segments if s["id"] != drop_segment[1]]
-        outputs.append({"panoptic_seg": (torch.as_tensor(pan.astype(np.int64)), segments)})
-    return outputs
-
-
 def test_panoptic_gt_scores_100_and_a_missed_segment_the_hand_value(ade, cfg):
     evaluator = build_evaluator(cfg, "ade20k_panoptic_val")
     assert isinstance(evaluator, COCOPanopticEvaluator)
@@ -86,13 +51,6 @@ def test_panoptic_gt_scores_100_and_a_missed_segment_the_hand_value(ade, cfg):
 # ---- semantic (mIoU) ---------------------------------------------------------------------
 def semantic_labels(records):
     return [np.asarray(Image.open(r["sem_seg_file_name"])).astype(np.int64) for r in records]
-
-
-def as_scores(label, num_classes=150):
-    """(C, H, W) scores whose argmax is ``label`` (void pixels get class 0; not scored)."""
-    scores = torch.zeros(num_classes, *label.shape)
-    scores.scatter_(0, torch.as_tensor(np.where(label == 255, 0, label))[None], 1.0)
-    return {"sem_seg": scores}
 
 
 def test_semantic_gt_scores_100_and_flipped_pixels_the_hand_value(ade, cfg):
@@ -151,7 +109,7 @@ def box_masks(record):
 @pytest.fixture
 def ovd(tmp_path):
     from maskclip_d2.data.datasets.register_coco_ovd import register_all_coco_ovd
-    from tiny_datasets import write_coco_instances
+    from helpers.tiny_datasets import write_coco_instances
 
     write_coco_instances(tmp_path / "data")
     run_prepare("prepare_coco_ovd", tmp_path / "data")
@@ -196,7 +154,7 @@ def test_lvis_gt_scores_100_and_a_wrong_class_the_hand_value(tmp_path, cfg):
     from detectron2.evaluation import LVISEvaluator
 
     from maskclip_d2.data.datasets.register_lvis import register_all_lvis
-    from tiny_datasets import write_lvis
+    from helpers.tiny_datasets import write_lvis
 
     write_lvis(tmp_path / "data")
     run_prepare("prepare_lvis", tmp_path / "data")
@@ -233,7 +191,7 @@ def test_panoptic_dataset_gets_pq_miou_and_ap_evaluators(tmp_path, cfg):
     from maskclip_d2 import add_maskclip_config
     from maskclip_d2.data.datasets.register_coco_panoptic import register_all_coco_panoptic
     from maskclip_d2.evaluation import PanopticThingsCOCOEvaluator
-    from tiny_datasets import write_coco_panoptic_scenes
+    from helpers.tiny_datasets import write_coco_panoptic_scenes
 
     write_coco_panoptic_scenes(tmp_path / "data", splits=("val",), num_images=1)
     run_prepare("prepare_coco_panoptic", tmp_path / "data", "--splits", "val")

@@ -8,7 +8,7 @@ from maskclip_d2.data.datasets.register_synthetic_world import register_all_synt
 from maskclip_d2.evaluation import ProposalRecallEvaluator, build_evaluator
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.synthetic_world.world import write_world
-from tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
+from helpers.tiny_datasets import isolated_catalogs  # noqa: F401  (autouse fixture)
 from detectron2.data import DatasetCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image

@@ -4,8 +4,8 @@ import time
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from tiny_datasets import coco_scene
-from test_maskclip_meta_arch import tiny_model
+from helpers.tiny_datasets import coco_scene
+from helpers.tiny_maskclip import tiny_model
 
 # The scenes' dataset category ids (two stuff, two things) -> the tiny vocabulary's names.
 SCENE_VOCABULARY = {92: "sky", 93: "grass", 1: "person", 3: "cat"}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks
 
-import postprocessing_reference as reference
+from maskclip_d2.modeling import postprocessing_reference as reference
 from maskclip_d2.modeling.postprocessing import (
     ImageMasks,
     instance_inference,

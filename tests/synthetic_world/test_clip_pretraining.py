@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskclip_d2.modeling.clip_loader import CLIPArchitecture
+from maskclip_d2.modeling.clip.openai_loader import CLIPArchitecture
 from maskclip_d2.synthetic_world.clip_pretraining import SYNTHETIC_CLIP, contrastive_loss
 from maskclip_d2.synthetic_world.world import CONCEPTS, render_concept_image
 

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from maskclip_d2.modeling.clip_loader import CLIP_ARCHITECTURES, CLIPArchitecture
+from maskclip_d2.modeling.clip.openai_loader import CLIP_ARCHITECTURES, CLIPArchitecture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("analyze_model", os.path.join(ROOT, "tools", "analyze_model.py"))
@@ -92,7 +92,7 @@ def test_clip_baseline_costs_over_20x_maskclip_at_640_with_100_masks(monkeypatch
 def test_openclip_tower_is_analysed_with_its_own_tokenizer(tmp_path):
     """FLOPs and parameters of every stage with an OpenCLIP tower (layer scales, its own
     context length): the baseline's CLIP stage is M times the tower's own forward."""
-    from openclip_models import write_local_dir
+    from helpers.openclip_models import write_local_dir
 
     name = write_local_dir(str(tmp_path / "tiny"), ls_init_value=0.5, context_length=24)
     cfg = analyze_model.setup_cfg(os.path.join(ROOT, "configs/tiny/maskclip_tiny.yaml"), ["MODEL.CLIP.NAME", name])

@@ -19,9 +19,9 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from maskclip_d2 import add_maskclip_config
-from maskclip_d2.modeling.clip_loader import CLIP_ARCHITECTURES, CLIPArchitecture
-from maskclip_d2.modeling.maskclip_encoder import MaskCLIPVisualEncoder
-from maskclip_d2.modeling.text_encoder import CLIPTextEncoder
+from maskclip_d2.modeling.clip.openai_loader import CLIP_ARCHITECTURES, CLIPArchitecture
+from maskclip_d2.modeling.encoder.maskclip_encoder import MaskCLIPVisualEncoder
+from maskclip_d2.modeling.clip.text_encoder import CLIPTextEncoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
@@ -310,7 +310,7 @@ def test_checkpoint_over_an_openclip_tower_converts_and_loads_strictly(tmp_path)
     layout converts against a config naming that tower; --clip-weights is its weights file."""
     from safetensors.torch import save_file
 
-    from openclip_models import tiny_openclip, write_local_dir
+    from helpers.openclip_models import tiny_openclip, write_local_dir
 
     name = write_local_dir(str(tmp_path / "tiny"), width=128, layers=4, ls_init_value=0.5)
     opts = ["MODEL.CLIP.NAME", name, "MODEL.MASKCLIP.RMA_LAYERS", "[2, 4]"]

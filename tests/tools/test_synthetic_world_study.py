@@ -21,11 +21,12 @@ import torch
 from detectron2.data import detection_utils
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-import train_net  # noqa: E402
-from maskclip_d2.checkpoint import StrictCheckpointer  # noqa: E402
-from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
-from maskclip_d2.synthetic_world.world import CONCEPTS  # noqa: E402
+from helpers.scripts import load_script
+from maskclip_d2.checkpoint import StrictCheckpointer
+from maskclip_d2.config import get_maskclip_cfg
+from maskclip_d2.synthetic_world.world import CONCEPTS
+
+train_net = load_script("train_net.py")
 
 pytestmark = pytest.mark.timeout(1800)
 MODES = ("baseline", "mask_tokens", "rma", "gt_masks")

@@ -26,6 +26,7 @@ import pycocotools.mask as mask_util
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 from panopticapi.utils import rgb2id
 
+from ...utils.file_io import write_json_atomic
 from ..prepare_utils import read_label_image, save_label_image
 from .register_coco_panoptic import load_panoptic_json
 from .utils import (
@@ -33,7 +34,6 @@ from .utils import (
     register_dataset,
     things_metadata,
     vocabulary_metadata,
-    write_json_atomic,
 )
 
 __all__ = ["register_panoptic_dataset", "register_semantic_dataset", "register_instance_dataset"]

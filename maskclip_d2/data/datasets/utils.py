@@ -3,19 +3,16 @@ for a dataset that was not prepared, and Detectron2 metadata built from a shippe
 (``maskclip_d2.data.vocabularies``: categories in contiguous-id order, each with the
 dataset's ``id``, ``name``, ``isthing`` and ``color``).
 """
-import json
 import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...utils.file_io import atomic_write
 
 __all__ = [
     "get_datasets_root",
     "register_dataset",
     "require_prepared",
-    "write_json_atomic",
     "deterministic_colors",
     "things_metadata",
     "vocabulary_metadata",
@@ -59,12 +56,6 @@ def require_prepared(dataset_name, paths, prepare_command):
                 f"dataset as datasets/README.md describes (root: $DETECTRON2_DATASETS, default "
                 f"'datasets'), then run `{prepare_command}`."
             )
-
-
-def write_json_atomic(obj, path):
-    """Write ``obj`` as JSON so that ``path`` exists only once it is complete."""
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f)
 
 
 def deterministic_colors(num_colors, seed=0):

@@ -1,0 +1,462 @@
+#!/usr/bin/env python
+"""Time and memory-profile the whole MaskCLIP model: inference per stage, and one stage-2
+training iteration against the dense Eq. 3-5 reference.
+
+Random weights throughout (``MODEL.CLIP.WEIGHTS random``, no proposal weights): timings and
+memory do not depend on the values. Every measurement runs in a fresh Python process of its
+own (this script, re-invoked with ``--worker``), so that peak resident memory is that
+measurement's alone.
+
+Inference (one image of ``--image-size``, the config's proposals, ``--classes`` class names):
+  variant "ours"        the config as given: CLIP's text tower on the CPU, freed after the
+                        vocabulary is embedded (what ``train_net.py --eval-only`` does);
+  variant "text_tower_resident"  the reference: the text tower kept in the model, on its
+                        device (MODEL.CLIP.TEXT_TOWER_DEVICE "", RELEASE_TEXT_TOWER False).
+  Per forward, the stages: proposals, clip_input (resize + normalise), encoder, text_logits,
+  post_processing (everything after the text logits: mask resizing, softmax and the tasks),
+  and within it each task (semantic_inference, panoptic_inference, instance_inference);
+  ``post_processing_share`` = post_processing / total of the same forward. The fastest of
+  ``--repeats`` forwards is reported (after one warm-up), with every forward's figures.
+  ``tasks_s`` / ``reference_tasks_s``: the three tasks (``MaskCLIP.inference_one``) on the last
+  forward's class and mask probabilities, against the straightforward implementation they
+  replaced (maskclip_d2/modeling/postprocessing_reference.py), fastest of ``--repeats`` each.
+  Memory: ``peak_rss_gb`` the process's peak resident set (build included, ``ru_maxrss``);
+  ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's VmHWM,
+  reset before them); on CUDA ``cuda_weights_gb`` (allocated after the build) and
+  ``cuda_inference_peak_gb`` (``max_memory_allocated`` during the forwards).
+  ``checkpoint_mb``: the file ``StrictCheckpointer`` saves for this model with the config
+  naming its CLIP and proposal weights (what training writes, before the optimizer state),
+  beside ``full_checkpoint_mb``, every weight (Detectron2's ``DetectionCheckpointer``).
+
+Training (``--train-config``, default ViT-B/16; ``--train-batch`` images of ``--train-size``
+pixels with ``--train-segments`` ground-truth segments each; the config's proposals):
+  one forward + backward + AdamW step of the RMA weights, "ours" (the MaskCLIP Visual
+  Encoder) against "dense_reference" (the same model with the encoder computed as the
+  authors' code does, maskclip_d2/modeling/encoder/dense_reference.py); ``*_s`` the fastest of
+  ``--train-repeats`` iterations, ``*_peak_mb`` the peak memory of one iteration beyond what
+  was allocated before it (CUDA: ``max_memory_allocated``; CPU: the CPU allocator's running
+  total as ``torch.profiler`` reports it).
+
+Usage:
+  python benchmarks/benchmark_model.py                                # paper config, CPU
+  python benchmarks/benchmark_model.py --config-file configs/coco/maskclip_vitb16.yaml --device cuda
+  python benchmarks/benchmark_model.py --json out.json --threads 2 --repeats 3
+"""
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+
+STAGES = ("proposals", "clip_input", "encoder", "text_logits")
+# Post-processing steps timed one by one: functions the meta-architecture calls by name.
+POSTPROCESSING_STEPS = ("semantic_inference", "panoptic_inference", "instance_inference")
+VARIANTS = {
+    "ours": [],
+    "text_tower_resident": ["MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", "False"],
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default=os.path.join(REPO, "configs/coco/maskclip_vitl14_336.yaml"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--image-size", type=int, nargs=2, default=[640, 853], metavar=("H", "W"))
+    parser.add_argument("--classes", type=int, default=150, help="vocabulary size (ADE20K-150's names)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--train-config", default=os.path.join(REPO, "configs/coco/maskclip_vitb16.yaml"))
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--train-size", type=int, default=1024, help="training image side (LSJ crop)")
+    parser.add_argument("--train-segments", type=int, default=20, help="ground-truth segments per image")
+    parser.add_argument("--train-repeats", type=int, default=2)
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---- helpers shared by the workers ----------------------------------------------------------
+def build(config_file, opts, device, vocabulary):
+    from detectron2.modeling import build_model
+
+    from maskclip_d2.config import get_maskclip_cfg
+
+    cfg = get_maskclip_cfg(config_file, [
+        "MODEL.CLIP.WEIGHTS", "random", "MODEL.MASKCLIP.PROPOSAL_WEIGHTS", "", "MODEL.WEIGHTS", "",
+        "MODEL.DEVICE", device, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *opts,
+    ])
+    cfg.MODEL.MASKCLIP.VOCABULARY = list(vocabulary)
+    torch.manual_seed(0)
+    return cfg, build_model(cfg)
+
+
+def vocabulary(num_classes):
+    """ADE20K-150's class names (Detectron2's list; the first 100 taken as things), repeated
+    with a suffix beyond 150."""
+    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES as names
+
+    names = [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(num_classes)]
+    return names, [i < 100 for i in range(num_classes)]
+
+
+def photo(height, width):
+    """(3, H, W) uint8 RGB: a real photograph (scikit-image's astronaut) resized."""
+    import torch.nn.functional as F
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()
+    return F.interpolate(image[None], (height, width), mode="bilinear", align_corners=False)[0].round().byte()
+
+
+def rss_gb(field="VmRSS"):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def reset_peak_rss():
+    """Resets the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class StageClock:
+    """Wall time per named stage, by wrapping callables (CUDA synchronised at each edge)."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+        self.times = {}
+
+    def now(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            start = self.now()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.times[name] = self.times.get(name, 0.0) + self.now() - start
+        return timed
+
+
+def parameter_gb(module, device_type=None):
+    return sum(
+        p.numel() * p.element_size() for p in module.parameters()
+        if p.device.type != "meta" and (device_type is None or p.device.type == device_type)
+    ) / 2**30
+
+
+def file_mb(path):
+    return os.path.getsize(path) / 2**20
+
+
+# ---- inference worker -----------------------------------------------------------------------
+def inference_worker(args):
+    import maskclip_d2.modeling.maskclip as meta_arch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from maskclip_d2.checkpoint import StrictCheckpointer
+
+    device = args.device
+    names, is_thing = vocabulary(args.classes)
+    cfg, model = build(args.config_file, VARIANTS[args.variant] + args.opts, device, names)
+    model.eval()
+    model.set_vocabulary(names, is_thing)
+    result = {"variant": args.variant, "rss_after_build_gb": rss_gb()}
+
+    # Checkpoint sizes: what training saves (weights + AdamW state) with the config naming
+    # CLIP's and the proposal network's weights, and with every weight (Detectron2's).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if trainable:
+        optimizer = torch.optim.AdamW(trainable)
+        for p in trainable:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()  # creates the moments a training checkpoint holds
+        model.zero_grad(set_to_none=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.clip_weights = "MODEL.CLIP.WEIGHTS (benchmark)"
+            model.proposal_weights = "MODEL.MASKCLIP.PROPOSAL_WEIGHTS (benchmark)"
+            StrictCheckpointer(model, tmp, optimizer=optimizer).save("model")
+            result["checkpoint_mb"] = file_mb(os.path.join(tmp, "model.pth"))
+            DetectionCheckpointer(model, tmp, optimizer=optimizer).save("full")
+            result["full_checkpoint_mb"] = file_mb(os.path.join(tmp, "full.pth"))
+            model.clip_weights = model.proposal_weights = None
+        del optimizer
+    gc.collect()
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.fix_vocabularies([names])  # as train_net.py --eval-only does
+    result["text_embedding_s"] = time.perf_counter() - start
+    result["text_tower_released"] = bool(model.text_encoder.tower_released)
+    result["text_tower_device"] = str(model.text_encoder.tower_home)
+    gc.collect()
+    result["rss_before_inference_gb"] = rss_gb()
+    result["parameters_resident_gb"] = parameter_gb(model)
+    if device == "cuda":
+        result["cuda_weights_gb"] = torch.cuda.memory_allocated() / 2**30
+
+    height, width = args.image_size
+    inputs = [{"image": photo(height, width), "height": height, "width": width}]
+    clock = StageClock(device)
+    model.proposal_network.forward = clock.wrap("proposals", model.proposal_network.forward)
+    model.clip_images = clock.wrap("clip_input", model.clip_images)
+    model.encoder.forward = clock.wrap("encoder", model.encoder.forward)
+    model.text_encoder.forward = clock.wrap("text_logits", model.text_encoder.forward)
+    originals = {step: getattr(meta_arch, step) for step in POSTPROCESSING_STEPS if hasattr(meta_arch, step)}
+    for step, fn in originals.items():
+        setattr(meta_arch, step, clock.wrap(step, fn))
+    seen = {}
+    inference_one = model.inference_one
+
+    def recording(class_probs, mask_probs):
+        seen.update(class_probs=class_probs, mask_probs=mask_probs)
+        return inference_one(class_probs, mask_probs)
+
+    model.inference_one = recording
+    try:
+        forwards = timed_forwards(model, inputs, clock, device, args.repeats, result)
+    finally:
+        for step, fn in originals.items():
+            setattr(meta_arch, step, fn)
+    result.update(tasks_against_reference(model, inference_one, seen, clock, args.repeats))
+    result["inference_peak_rss_gb"] = rss_gb("VmHWM") if result["peak_rss_reset"] else float("nan")
+    if device == "cuda":
+        result["cuda_inference_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    result.update(min(forwards, key=lambda t: t["total_s"]))
+    result["post_processing_share_median"] = statistics.median(t["post_processing_share"] for t in forwards)
+    result["forwards"] = forwards
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def tasks_against_reference(model, inference_one, seen, clock, repeats):
+    """The post-processing tasks of one image, ours against the reference implementation."""
+    from maskclip_d2.modeling import postprocessing_reference as reference
+
+    class_probs, mask_probs = seen["class_probs"], seen["mask_probs"]
+
+    def ours():
+        inference_one(class_probs, mask_probs)
+
+    def theirs():
+        if model.semantic_on:
+            reference.semantic_inference(class_probs, mask_probs)
+        if model.panoptic_on:
+            reference.panoptic_inference(
+                class_probs, mask_probs, model.is_thing, model.object_mask_threshold,
+                model.overlap_threshold, model.overlap_rule,
+            )
+        if model.instance_on:
+            reference.instance_inference(
+                class_probs, mask_probs, model.detections_per_image, model.is_thing,
+                model.instance_thing_filter,
+            )
+
+    times = {"tasks_s": [], "reference_tasks_s": []}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, fn in (("tasks_s", ours), ("reference_tasks_s", theirs)):
+                start = clock.now()
+                fn()
+                times[name].append(clock.now() - start)
+    result = {name: min(values) for name, values in times.items()}
+    result["tasks_over_reference"] = result["tasks_s"] / result["reference_tasks_s"]
+    scores, labels = class_probs.max(-1)
+    kept = (labels != class_probs.shape[-1] - 1) & (scores > model.object_mask_threshold)
+    result["panoptic_masks_kept"] = int(kept.sum())
+    return result
+
+
+def timed_forwards(model, inputs, clock, device, repeats, result):
+    with torch.no_grad():
+        model(inputs)  # warm-up
+        gc.collect()
+        result["peak_rss_reset"] = reset_peak_rss()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        forwards = []
+        for _ in range(repeats):
+            clock.times = {}
+            start = clock.now()
+            model(inputs)
+            total = clock.now() - start
+            times = {"total_s": total, **{f"{k}_s": v for k, v in clock.times.items()}}
+            times["post_processing_s"] = total - sum(clock.times.get(s, 0.0) for s in STAGES)
+            times["post_processing_share"] = times["post_processing_s"] / total
+            forwards.append(times)
+    return forwards
+
+
+# ---- training worker ------------------------------------------------------------------------
+def training_inputs(batch, size, segments, num_classes, seed=0):
+    """Mapped training inputs: a photograph and ``segments`` random rectangles per image,
+    with classes of the vocabulary, as the panoptic LSJ mapper gives them."""
+    from detectron2.structures import BitMasks, Instances
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = []
+    for b in range(batch):
+        masks = torch.zeros(segments, size, size, dtype=torch.bool)
+        corners = torch.randint(0, size, (segments, 4), generator=generator)
+        for m, (y0, y1, x0, x1) in enumerate(corners.tolist()):
+            masks[m, min(y0, y1):max(y0, y1) + 1, min(x0, x1):max(x0, x1) + 1] = True
+        instances = Instances((size, size))
+        instances.gt_masks = BitMasks(masks)
+        instances.gt_classes = torch.randint(0, num_classes, (segments,), generator=generator)
+        inputs.append({"image": photo(size, size), "instances": instances})
+    return inputs
+
+
+def training_worker(args):
+    from maskclip_d2.utils.benchmark import peak_mb
+    from maskclip_d2.modeling.encoder.dense_reference import dense_reference_forward
+
+    device = args.device
+    names, _ = vocabulary(133)  # COCO panoptic's vocabulary size
+    cfg, model = build(args.train_config, args.opts, device, names)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    inputs = training_inputs(args.train_batch, args.train_size, args.train_segments, len(names))
+    encoder = model.encoder
+    # The dense reference with gradients (its module-level function runs under no_grad).
+    dense = getattr(dense_reference_forward, "__wrapped__", dense_reference_forward)
+    paths = {"ours": encoder.forward, "dense_reference": lambda images, masks: dense(encoder, images, masks)}
+
+    def iteration(path):
+        model.encoder.forward = paths[path]
+        losses = model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    def timed(path):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        iteration(path)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    result = {
+        "clip": cfg.MODEL.CLIP.NAME, "batch": args.train_batch, "image_size": args.train_size,
+        "proposals": cfg.MODEL.MASKCLIP.NUM_PROPOSALS, "segments_per_image": args.train_segments,
+        "trainable_parameters": sum(p.numel() for p in params),
+    }
+    for path in paths:  # warm-up (also creates AdamW's state, part of every later iteration)
+        timed(path)
+    times = {path: [] for path in paths}
+    for _ in range(args.train_repeats):
+        for path in paths:  # round-robin: load from other processes hits both alike
+            times[path].append(timed(path))
+    for path in paths:
+        result[f"{path}_s"] = min(times[path])
+        result[f"{path}_peak_mb"] = peak_mb(lambda *_: iteration(path), None, None, device)
+    result["time_ratio"] = result["ours_s"] / result["dense_reference_s"]
+    result["peak_ratio"] = result["ours_peak_mb"] / result["dense_reference_peak_mb"]
+    return result
+
+
+# ---- driver ---------------------------------------------------------------------------------
+def run_worker(args, kind, variant="ours"):
+    argv = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--variant", variant,
+            "--config-file", args.config_file, "--device", args.device,
+            "--image-size", *map(str, args.image_size), "--classes", str(args.classes),
+            "--repeats", str(args.repeats), "--train-config", args.train_config,
+            "--train-batch", str(args.train_batch), "--train-size", str(args.train_size),
+            "--train-segments", str(args.train_segments), "--train-repeats", str(args.train_repeats)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    if args.opts:
+        argv += ["--opts", *args.opts]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"the {kind} worker ({variant}) failed:\n{run.stderr[-4000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        import logging
+
+        logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
+        worker = inference_worker if args.worker == "inference" else training_worker
+        print(json.dumps(worker(args)))
+        return
+
+    from maskclip_d2.config import get_maskclip_cfg
+
+    cfg = get_maskclip_cfg(args.config_file, args.opts)
+    results = {
+        "config": os.path.relpath(args.config_file, REPO), "clip": cfg.MODEL.CLIP.NAME,
+        "device": args.device, "threads": args.threads or torch.get_num_threads(),
+        "image_size": args.image_size, "proposals": cfg.MODEL.MASKCLIP.NUM_PROPOSALS,
+        "classes": args.classes, "repeats": args.repeats,
+    }
+    if not args.no_inference:
+        results["inference"] = {v: run_worker(args, "inference", v) for v in args.variants}
+    if not args.no_training:
+        results["training"] = run_worker(args, "training")
+    if args.json:
+        from maskclip_d2.utils import atomic_write
+
+        with atomic_write(args.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=1)
+    print(json.dumps(results, indent=1))
+    report(results)
+
+
+def report(results):
+    """A short table after the JSON."""
+    print(f"\n{results['clip']} ({results['config']}), {results['device']}, {results['threads']} threads, "
+          f"image {results['image_size'][0]} x {results['image_size'][1]}, {results['proposals']} proposals, "
+          f"{results['classes']} classes")
+    for variant, r in results.get("inference", {}).items():
+        stages = ", ".join(f"{s} {r.get(s + '_s', 0):.2f}" for s in (*STAGES, "post_processing"))
+        tasks = ", ".join(f"{s.split('_')[0]} {r[s + '_s']:.2f}" for s in POSTPROCESSING_STEPS if s + "_s" in r)
+        print(f"  {variant}: total {r['total_s']:.2f} s ({stages}; tasks: {tasks}); post-processing "
+              f"{100 * r['post_processing_share']:.1f}% of total; peak RSS {r['peak_rss_gb']:.2f} GB "
+              f"(inference {r['inference_peak_rss_gb']:.2f} GB); checkpoint {r['checkpoint_mb']:.1f} MB "
+              f"(full {r['full_checkpoint_mb']:.1f} MB); tasks {r['tasks_s']:.2f} s vs reference "
+              f"{r['reference_tasks_s']:.2f} s (x{r['tasks_over_reference']:.2f}, {r['panoptic_masks_kept']} masks kept)")
+    if "training" in results:
+        t = results["training"]
+        print(f"  training, {t['clip']}, batch {t['batch']} x {t['image_size']} px: ours {t['ours_s']:.2f} s, "
+              f"{t['ours_peak_mb']:.0f} MB; dense reference {t['dense_reference_s']:.2f} s, "
+              f"{t['dense_reference_peak_mb']:.0f} MB (time x{t['time_ratio']:.2f}, memory x{t['peak_ratio']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

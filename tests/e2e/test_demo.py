@@ -1,0 +1,277 @@
+"""demo/demo.py and the Python API on real photographs, with the tiny random model.
+
+The demo runs in-process (its ``main(argv)``), so each case costs one tiny model build.
+"""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from maskclip_d2 import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny", "maskclip_tiny.yaml")
+VOCAB = "person, astronaut; cat; coffee cup; sky; grass"
+CLASSES = ["person, astronaut", "cat", "coffee cup", "sky", "grass"]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("maskclip_demo", os.path.join(ROOT, "demo", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
+
+
+def _photo(folder, name, array=None, mode=None, fmt="PNG", suffix=".png"):
+    image = Image.fromarray(getattr(skimage.data, name)() if array is None else array)
+    if mode:
+        image = image.convert(mode)
+    path = os.path.join(folder, name + suffix)
+    image.save(path, format=fmt)
+    return path
+
+
+def _check_outputs(out, stem, size, tasks):
+    """One PNG per task of the input's size, one JSON with segments from the vocabulary."""
+    for task in tasks:
+        png = os.path.join(out, f"{stem}_{task}.png" if len(tasks) > 1 else f"{stem}.png")
+        with Image.open(png) as drawn:
+            assert drawn.size == size and drawn.mode == "RGB"
+    with open(os.path.join(out, f"{stem}.json")) as f:
+        record = json.load(f)
+    assert record["vocabulary"] == CLASSES
+    for task in tasks:
+        for segment in record[task]:
+            assert segment["class"] in CLASSES
+    if "semantic" in tasks:  # every pixel has a class: the areas cover the image
+        assert sum(s["area"] for s in record["semantic"]) == size[0] * size[1]
+    return record
+
+
+def test_demo_on_photographs_writes_png_and_json_per_image(tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        _photo(str(inputs), name)
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "all"])
+    assert rc == 0
+    sizes = {"astronaut": (512, 512), "coffee": (600, 400), "chelsea": (451, 300)}
+    for stem, size in sizes.items():
+        _check_outputs(str(out), stem, size, ["semantic", "panoptic", "instance"])
+    assert sorted(os.listdir(out)) == sorted(
+        [f"{s}_{t}.png" for s in sizes for t in ("semantic", "panoptic", "instance")]
+        + [f"{s}.json" for s in sizes]
+    )
+    printed = capsys.readouterr().out
+    assert "RANDOM CLIP weights" in printed
+    assert all(f"{s}.png: semantic:" in printed for s in sizes)  # the per-image summary
+
+
+def test_demo_skips_a_corrupt_file_and_handles_gray_rgba_and_huge_images(tmp_path, capsys):
+    inputs = tmp_path / "mixed"
+    inputs.mkdir()
+    (inputs / "broken.jpg").write_bytes(b"this is not a JPEG, just bytes with a .jpg name")
+    _photo(str(inputs), "camera")  # (512, 512) grayscale
+    _photo(str(inputs), "astronaut", mode="RGBA")
+    huge = np.tile(skimage.data.coffee()[:300, :500], (1, 10, 1))  # 5000 x 300
+    _photo(str(inputs), "huge", array=huge, fmt="JPEG", suffix=".jpg")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "semantic", "--max-image-size", "2000"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "broken.jpg: not a readable image" in captured.out + captured.err
+    assert "1 input(s) skipped" in captured.out
+    assert "(scaled down to 2000x120)" in captured.out
+    _check_outputs(str(out), "camera", (512, 512), ["semantic"])
+    _check_outputs(str(out), "astronaut", (512, 512), ["semantic"])
+    _check_outputs(str(out), "huge", (2000, 120), ["semantic"])
+    assert not any(name.startswith("broken") for name in os.listdir(out))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vocab", ""], "vocabulary is empty"),
+        (["--vocab", "cat; dog; Cat"], "['Cat'] more than once"),
+        (["--vocab", "cat", "--task", "depth"], "unknown --task 'depth'"),
+        (["--vocab", "cat", "--task", "semantic,panoptics"], "unknown --task"),
+    ],
+)
+def test_bad_vocabulary_or_task_is_refused_before_the_model_loads(tmp_path, capsys, args, message):
+    # Loading this model would fail (no such CLIP file), and no output may be written.
+    out = tmp_path / "out"
+    argv = ["--config-file", TINY, "--output", str(out), *args,
+            "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:")
+    assert not out.exists()
+
+
+def test_predictor_reuses_text_embeddings_across_calls():
+    predictor = Predictor(TINY)
+    text = predictor.model.text_encoder
+    encoded = []
+    original = text.encode_text
+
+    def counting(texts):
+        encoded.extend(texts)
+        return original(texts)
+
+    text.encode_text = counting
+    image = skimage.data.chelsea()
+    vocabulary = ["cat, kitty", "sofa", "wall"]
+    first = predictor(image, vocabulary=vocabulary, task="semantic")
+    # One text forward per class name (one prompt each, MODEL.MASKCLIP.SPLIT_SYNONYMS False),
+    # plus the no-object text, each exactly once.
+    assert sorted(encoded) == sorted(["cat, kitty", "sofa", "wall", "other"])
+    assert first["sem_seg"].shape == (3, 300, 451)
+
+    encoded.clear()
+    predictor(image, vocabulary=vocabulary, task=["panoptic", "instance"])
+    predictor(image[..., ::-1].copy(), vocabulary=list(vocabulary), task="semantic")
+    assert encoded == []  # same vocabulary: no text forward at all
+
+    predictor(image, vocabulary=["dog"], task="semantic")
+    assert encoded == ["dog"]  # a new vocabulary costs only its own names
+    encoded.clear()
+    predictor(image, vocabulary=vocabulary, task="semantic")
+    assert encoded == []  # and the first one is still cached
+
+
+def test_photos_are_read_upright_from_their_exif_orientation(tmp_path):
+    from maskclip_d2.predictor import read_rgb_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": a phone held upright
+    path = str(tmp_path / "phone.jpg")
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path, exif=exif)
+    assert read_rgb_image(path).shape == (30, 20, 3)
+    with Image.open(path) as im:
+        assert read_rgb_image(im).shape == (30, 20, 3)
+
+
+# ---- results never replace inputs, each input its own results ------------------------------
+def _small_photo(path, name="coffee", fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(skimage.data, name)()[:48, :64]).save(path, format=fmt)
+    return path
+
+
+def test_same_stem_inputs_get_their_own_results_and_repeated_tasks_run_once(tmp_path, capsys):
+    inputs = [_small_photo(tmp_path / "a" / "photo.jpg", "coffee", "JPEG"),
+              _small_photo(tmp_path / "a" / "photo.png", "chelsea"),
+              _small_photo(tmp_path / "b" / "photo.png", "astronaut")]
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", *map(str, inputs), "--output", str(out),
+                    "--vocab", VOCAB, "--task", "semantic,semantic"])
+    assert rc == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a/photo_jpg.json", "a/photo_jpg.png", "a/photo_png.json", "a/photo_png.png",
+                       "b/photo.json", "b/photo.png"]
+    for stem, source in zip(["a/photo_jpg", "a/photo_png", "b/photo"], inputs):
+        with open(out / f"{stem}.json") as f:
+            record = json.load(f)
+        assert record["image"] == str(source)
+        assert sum(s["area"] for s in record["semantic"]) == 48 * 64  # one semantic map, once
+    assert "wrote 3 result(s)" in capsys.readouterr().out
+
+
+def test_results_that_would_replace_an_input_are_refused_before_the_model_loads(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    pic = _small_photo(folder / "pic.png")
+    original = pic.read_bytes()
+    # Loading this model would fail (no such CLIP file): the refusal must come first.
+    never_loads = ["--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]
+    for output in (str(folder), str(pic)):
+        rc = demo.main(["--config-file", TINY, "--input", str(folder), "--output", output,
+                        "--vocab", VOCAB, "--task", "semantic", *never_loads])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert f"would replace the input {pic}" in err and err.startswith("error:")
+        assert pic.read_bytes() == original and sorted(os.listdir(folder)) == ["pic.png"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "pic.png")
+    blocker = tmp_path / "results.txt"  # a file where the output folder should be
+    blocker.write_text("user data")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(blocker / "out"),
+                    "--vocab", VOCAB, "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write results to {blocker / 'out'}")
+    assert blocker.read_text() == "user data"
+
+
+# ---- stuff classes -----------------------------------------------------------------------
+def test_stuff_classes_from_the_command_line_reach_the_model(tmp_path, monkeypatch):
+    """The CLI's --stuff gives the model its thing / stuff flags (what the panoptic merging
+    does with them: tests/test_predictor.py)."""
+    flags = []
+    call = Predictor.__call__
+
+    def spy(self, *args, **kwargs):
+        outputs = call(self, *args, **kwargs)
+        flags.append(self.is_thing)
+        return outputs
+
+    monkeypatch.setattr(Predictor, "__call__", spy)
+    pic = _small_photo(tmp_path / "in" / "pic.png")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(out),
+                    "--vocab", "toy rabbit, real rabbit; sky, heaven; grass", "--stuff", "HEAVEN; grass",
+                    "--task", "panoptic", "--confidence-threshold", "0"])
+    assert rc == 0
+    assert flags == [[True, False, False]]
+    with open(out / "pic.json") as f:
+        record = json.load(f)
+    assert record["stuff"] == ["sky, heaven", "grass"]
+    for s in record["panoptic"]:
+        assert s["isthing"] == (s["class"] == "toy rabbit, real rabbit"), s
+
+
+def test_stuff_that_is_not_in_the_vocabulary_is_refused_before_the_model_loads(tmp_path, capsys):
+    rc = demo.main(["--config-file", TINY, "--output", str(tmp_path / "out"),
+                    "--vocab", "rabbit; sky", "--stuff", "ocean",
+                    "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2
+    assert "--stuff: stuff classes ['ocean'] are not in the vocabulary" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_vocabulary_brings_its_stuff_flags(tmp_path, monkeypatch):
+    from maskclip_d2.data.vocabularies import get_vocabulary
+
+    flags = []
+    call = Predictor.__call__
+    monkeypatch.setattr(Predictor, "__call__", lambda self, *a, **k: (
+        call(self, *a, **k), flags.append((self.vocabulary, self.is_thing)))[0])
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "out"),
+                    "--vocab", "ade20k_150", "--stuff", "person", "--task", "semantic"])
+    assert rc == 0
+    ade = get_vocabulary("ade20k_150")
+    (vocabulary, is_thing), = flags
+    assert vocabulary == [c["name"] for c in ade]
+    person = next(i for i, c in enumerate(ade) if c["name"] == "person")
+    assert ade[person]["isthing"] == 1 and not all(c["isthing"] for c in ade)  # --stuff: stuff
+    assert is_thing == [bool(c["isthing"]) and i != person for i, c in enumerate(ade)]
+
+
+def test_one_output_file_and_several_tasks_give_a_file_per_task(tmp_path):
+    pic = _small_photo(tmp_path / "pic.png")
+    rc = demo.main(["--config-file", TINY, "--input", str(pic), "--output", str(tmp_path / "res.png"),
+                    "--vocab", VOCAB, "--task", "semantic,panoptic"])
+    assert rc == 0
+    assert sorted(os.listdir(tmp_path)) == ["pic.png", "res.json", "res_panoptic.png", "res_semantic.png"]

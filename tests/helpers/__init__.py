@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny models and generated datasets in real formats."""
