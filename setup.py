@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="MaskCLIP open-vocabulary universal image segmentation for Detectron2",
     packages=find_packages(include=["maskclip_d2", "maskclip_d2.*"]),
-    package_data={"maskclip_d2.data.vocabularies": ["*.json"]},
+    package_data={"maskclip_d2.vocabularies": ["*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "detectron2>=0.6",

@@ -12,7 +12,7 @@ and prints ONNX Runtime / PyTorch time ratios (< 1: ONNX Runtime is faster). Bot
 ``--threads`` threads. It also prints the largest logit difference between the two.
 
     python benchmarks/benchmark_onnx.py --config-file configs/tiny/maskclip_tiny.yaml
-    flock /work/bigrun.lock python benchmarks/benchmark_onnx.py \
+    python benchmarks/benchmark_onnx.py \
         --config-file configs/coco/maskclip_vitb16.yaml --opts MODEL.CLIP.WEIGHTS random \
         MODEL.MASKCLIP.PROPOSAL_WEIGHTS ""
 """

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """The CUDA path of maskclip-d2, checked and timed in one command: one JSON + one log.
 
-On a lent GPU machine (README, "GPU figures"; it has no package index, so the wheels it lacks
-come along in ``.gpu_wheelhouse``, built here by ``benchmarks/gpu_wheelhouse.py prepare``):
+On a GPU machine (docs/BENCHMARKS.md, "GPU figures"). One without a package index gets the
+wheels it lacks from ``.gpu_wheelhouse``, built beforehand on a machine with the index by
+``benchmarks/gpu_wheelhouse.py prepare`` and copied along with the checkout:
 
-    python3 benchmarks/gpu_check.py --wheelhouse .gpu_wheelhouse --output $OUT/gpu_check.json
+    python3 benchmarks/gpu_check.py --wheelhouse .gpu_wheelhouse --output gpu_check.json
 
-On the CPU, the same sections at tiny sizes (tests/tools/test_gpu_check.py runs this):
+On the CPU, the same sections at tiny sizes (tests/benchmarks/test_gpu_check.py runs this):
 
     python benchmarks/gpu_check.py --device cpu --smoke --output output/gpu_check_smoke.json
 

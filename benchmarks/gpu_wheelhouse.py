@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The wheels a GPU machine lacks for ``benchmarks/gpu_check.py``: built here, installed there.
 
-The lent GPU machine (see the README, "GPU figures") has Python 3.12 with PyTorch, torchvision,
+A GPU machine without a package index (docs/BENCHMARKS.md, "GPU figures") that has Python 3.12 with PyTorch, torchvision,
 NumPy 2, SciPy, Pillow and OpenCV (``PRESENT``), but none of detectron2, fvcore, iopath, pycocotools,
 openai-clip, panopticapi or lvis, and it reaches no package index. So:
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
-# What the device tool sends along: the tracked files plus the carried folders, 64 MiB in all.
+# Size budget of what is copied to the GPU machine (tracked files + the wheelhouse), in MiB.
 CARRY_LIMIT_MB = 64
 PYTHON_VERSION = "3.12"
 
@@ -218,7 +218,7 @@ def prepare(folder: Path, cache_dir: Path) -> Dict:
         tracked = _tracked_mb()
         if manifest["total_mb"] + tracked > CARRY_LIMIT_MB:
             sys.exit(f"[wheelhouse] {manifest['total_mb']} MiB of wheels + {tracked:.1f} MiB of "
-                     f"tracked files exceed the {CARRY_LIMIT_MB} MiB a device run carries")
+                     f"tracked files exceed the {CARRY_LIMIT_MB} MiB budget of the copy to the GPU machine")
         (build / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -245,12 +245,12 @@ def install(folder: Path, target: Path) -> Dict:
     if not manifest_path.exists():
         raise RuntimeError(
             f"{folder} has no MANIFEST.json: build it here with "
-            f"'python benchmarks/gpu_wheelhouse.py prepare {folder}' and carry it to the machine"
+            f"'python benchmarks/gpu_wheelhouse.py prepare {folder}' and copy it to the machine with the checkout"
         )
     manifest = json.loads(manifest_path.read_text())
     absent = [d for d, module in PRESENT.items() if importlib.util.find_spec(module) is None]
     if absent:
-        raise RuntimeError(f"this machine lacks {absent}, which the wheelhouse does not carry")
+        raise RuntimeError(f"this machine lacks {absent}, which the wheelhouse does not hold")
     missing = {d: w for d, w in manifest["wheels"].items()
                if importlib.util.find_spec(w["module"]) is None}
     for dist, wheel in missing.items():

@@ -32,7 +32,7 @@ from panopticapi.utils import id2rgb
 
 from maskclip_d2.data.datasets.register_ade20k_150 import ade20k_150_paths
 from maskclip_d2.data.datasets.utils import write_json_atomic
-from maskclip_d2.data.prepare_utils import (
+from maskclip_d2.data.datasets.prepare_utils import (
     argument_parser,
     check_class_names,
     convert_each,
@@ -41,7 +41,7 @@ from maskclip_d2.data.prepare_utils import (
     require_download,
     save_label_image,
 )
-from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.vocabularies import get_vocabulary
 
 NUM_CLASSES = 150
 DOWNLOAD_HINT = (

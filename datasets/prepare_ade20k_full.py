@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from maskclip_d2.data.datasets.register_ade20k_full import ade20k_full_paths
-from maskclip_d2.data.prepare_utils import (
+from maskclip_d2.data.datasets.prepare_utils import (
     argument_parser,
     check_class_names,
     convert_each,
@@ -42,7 +42,7 @@ from maskclip_d2.data.prepare_utils import (
     require_download,
     save_label_image,
 )
-from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.vocabularies import get_vocabulary
 from maskclip_d2.utils import atomic_write
 
 DOWNLOAD_HINT = (

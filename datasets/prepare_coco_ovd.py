@@ -19,8 +19,8 @@ import tqdm
 
 from maskclip_d2.data.datasets.register_coco_ovd import coco_ovd_json
 from maskclip_d2.data.datasets.utils import write_json_atomic
-from maskclip_d2.data.prepare_utils import argument_parser, check_class_names, require_download
-from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.data.datasets.prepare_utils import argument_parser, check_class_names, require_download
+from maskclip_d2.vocabularies import get_vocabulary
 
 DOWNLOAD_HINT = "Download annotations_trainval2017.zip from cocodataset.org and extract it into coco/"
 _SUFFIXES = {"train": ("base",), "val": ("base", "target", "all")}

@@ -20,7 +20,7 @@ import numpy as np
 from panopticapi.utils import rgb2id
 
 from maskclip_d2.data.datasets.register_coco_panoptic import coco_panoptic_paths
-from maskclip_d2.data.prepare_utils import (
+from maskclip_d2.data.datasets.prepare_utils import (
     argument_parser,
     check_class_names,
     convert_each,
@@ -28,7 +28,7 @@ from maskclip_d2.data.prepare_utils import (
     require_download,
     save_label_image,
 )
-from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.vocabularies import get_vocabulary
 
 DOWNLOAD_HINT = (
     "Download {split}2017.zip and panoptic_annotations_trainval2017.zip from cocodataset.org "

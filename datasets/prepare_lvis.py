@@ -13,8 +13,8 @@ import os
 
 import tqdm
 
-from maskclip_d2.data.prepare_utils import argument_parser, check_class_names, require_download
-from maskclip_d2.data.vocabularies import get_vocabulary, lvis_name
+from maskclip_d2.data.datasets.prepare_utils import argument_parser, check_class_names, require_download
+from maskclip_d2.vocabularies import get_vocabulary, lvis_name
 
 DOWNLOAD_HINT = (
     "Download lvis_v1_val.json.zip from lvisdataset.org into lvis/, and the COCO 2017 "

@@ -22,14 +22,14 @@ import numpy as np
 import scipy.io
 
 from maskclip_d2.data.datasets.register_pascal_context import pascal_context_paths
-from maskclip_d2.data.prepare_utils import (
+from maskclip_d2.data.datasets.prepare_utils import (
     argument_parser,
     check_class_names,
     convert_each,
     require_download,
     save_label_image,
 )
-from maskclip_d2.data.vocabularies import PASCAL_CONTEXT_READABLE, get_vocabulary
+from maskclip_d2.vocabularies import PASCAL_CONTEXT_READABLE, get_vocabulary
 
 NUM_CLASSES = 459
 DOWNLOAD_HINT = (

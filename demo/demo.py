@@ -8,7 +8,7 @@
     python demo/demo.py --backend onnx --onnx-model model.onnx --input img.jpg --vocab "sky; grass"
 
 Semicolons separate classes, commas separate synonyms of one class; ``--vocab ade20k_150``
-takes a benchmark's vocabulary (``maskclip_d2.data.vocabularies``) with its thing / stuff
+takes a benchmark's vocabulary (``maskclip_d2.vocabularies``) with its thing / stuff
 flags. ``--stuff "sky; grass"`` marks stuff classes (one region each in panoptic output; the others are things). For every
 image the demo writes a PNG drawn by Detectron2's Visualizer and a JSON of the segments, at
 the image's path relative to the inputs' common folder (``a/photo.jpg`` -> ``OUT/a/photo.png``);
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from detectron2.utils.logger import setup_logger
 
 from maskclip_d2.config import get_maskclip_cfg
-from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
+from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
 from maskclip_d2.utils import atomic_write
 from maskclip_d2.predictor import (
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,

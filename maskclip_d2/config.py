@@ -125,7 +125,7 @@ def add_maskclip_config(cfg):
     # True: "a, b" lists synonyms whose embeddings are averaged.
     cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS = False
     # Vocabulary used when no dataset is named (e.g. the demo); a dataset's metadata wins.
-    # Class names, or one preset name (["ade20k_150"]; see maskclip_d2.data.vocabularies).
+    # Class names, or one preset name (["ade20k_150"]; see maskclip_d2.vocabularies).
     cfg.MODEL.MASKCLIP.VOCABULARY = []
     # The image CLIP sees and the extent of the masks it gets:
     #   "padded_batch": the padded batch (SIZE_DIVISIBILITY, padding = MODEL.PIXEL_MEAN) resized

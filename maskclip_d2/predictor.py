@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
-from .data.vocabularies import resolve_vocabulary
+from .vocabularies import resolve_vocabulary
 from .modeling.clip.text_encoder import check_vocabulary
 
 __all__ = [
@@ -285,7 +285,7 @@ class Predictor:
         Args:
             image: a path, a PIL image or an RGB array (see ``read_rgb_image``).
             vocabulary: class names ("a, b" = synonyms), or a preset name ("ade20k_150",
-                "coco_panoptic", ...: see ``maskclip_d2.data.vocabularies``) that brings its
+                "coco_panoptic", ...: see ``maskclip_d2.vocabularies``) that brings its
                 thing / stuff flags; None keeps the current vocabulary and its flags.
             task: "semantic", "panoptic", "instance", "all", a list of them, or None (all).
             is_thing: per class, thing (True) or stuff (False) for panoptic merging.

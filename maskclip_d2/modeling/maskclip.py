@@ -23,10 +23,10 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.vocabularies import resolve_vocabulary
+from ..vocabularies import resolve_vocabulary
 from .encoder.clip_baseline import CLIPBaselineEncoder
 from .clip.openai_loader import build_clip_model, clip_architecture_from_cfg
-from .criterion import SetCriterion, build_set_criterion, gt_masks_of
+from .losses.criterion import SetCriterion, build_set_criterion, gt_masks_of
 from .encoder.maskclip_encoder import MaskCLIPVisualEncoder
 from .postprocessing import (
     INSTANCE_THING_FILTERS,
@@ -330,7 +330,7 @@ class MaskCLIP(nn.Module):
     # ---- vocabulary ----------------------------------------------------------------------
     def set_vocabulary(self, names, is_thing: Optional[Sequence[bool]] = None):
         """Classify against ``names`` from now on: class names, or a preset name
-        (``maskclip_d2.data.vocabularies``, e.g. "ade20k_150", which brings its thing / stuff
+        (``maskclip_d2.vocabularies``, e.g. "ade20k_150", which brings its thing / stuff
         flags unless ``is_thing`` is given; for names, None = all things). Text
         embeddings are computed at the first forward pass with this vocabulary and cached:
         not here, where the text tower may not have its final weights yet (a checkpoint still

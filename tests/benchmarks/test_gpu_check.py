@@ -35,7 +35,7 @@ def smoke_report(tmp_path_factory):
     output = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", MASKCLIP_CLIP_DOWNLOAD="0")
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--device", "cpu",
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--device", "cpu",
          "--smoke", "--output", str(output)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

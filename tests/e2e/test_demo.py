@@ -251,7 +251,7 @@ def test_stuff_that_is_not_in_the_vocabulary_is_refused_before_the_model_loads(t
 
 
 def test_a_preset_vocabulary_brings_its_stuff_flags(tmp_path, monkeypatch):
-    from maskclip_d2.data.vocabularies import get_vocabulary
+    from maskclip_d2.vocabularies import get_vocabulary
 
     flags = []
     call = Predictor.__call__

@@ -17,7 +17,7 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from maskclip_d2.data.vocabularies import PASCAL_CONTEXT_READABLE, get_vocabulary
+from maskclip_d2.vocabularies import PASCAL_CONTEXT_READABLE, get_vocabulary
 
 REPO = Path(__file__).resolve().parents[2]
 H, W = 24, 32

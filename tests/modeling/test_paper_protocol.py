@@ -27,7 +27,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from maskclip_d2 import add_maskclip_config
-from maskclip_d2.data.vocabularies import get_vocabulary
+from maskclip_d2.vocabularies import get_vocabulary
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "maskclip_tiny.yaml"
 # ADE20K-150 as the authors evaluate it: names with commas, things and stuff.

@@ -20,7 +20,7 @@ import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
-from ..vocabularies import get_vocabulary
+from ...vocabularies import get_vocabulary
 from .register_coco_panoptic import load_panoptic_json
 from .utils import (
     get_datasets_root,

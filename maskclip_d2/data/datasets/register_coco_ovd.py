@@ -20,7 +20,7 @@ import os
 
 from detectron2.data.datasets import load_coco_json
 
-from ..vocabularies import get_vocabulary
+from ...vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
     register_dataset,

@@ -16,7 +16,7 @@ and ``coco_2017_val_panoptic_with_sem_seg``.
 import json
 import os
 
-from ..vocabularies import get_vocabulary
+from ...vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
     register_dataset,

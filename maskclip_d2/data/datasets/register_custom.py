@@ -27,10 +27,10 @@ from detectron2.data.datasets import load_coco_json, load_sem_seg
 from panopticapi.utils import rgb2id
 
 from ...utils.file_io import write_json_atomic
-from ..prepare_utils import read_label_image, save_label_image
+from .prepare_utils import read_label_image, save_label_image
 from .register_coco_panoptic import load_panoptic_json
+from ...vocabularies import deterministic_colors
 from .utils import (
-    deterministic_colors,
     register_dataset,
     things_metadata,
     vocabulary_metadata,

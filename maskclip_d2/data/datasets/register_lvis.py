@@ -11,7 +11,7 @@ import os
 
 from detectron2.data.datasets.lvis import load_lvis_json
 
-from ..vocabularies import get_vocabulary
+from ...vocabularies import get_vocabulary
 from .utils import get_datasets_root, register_dataset, require_prepared, things_metadata
 
 PREPARE_COMMAND = "python datasets/prepare_lvis.py"

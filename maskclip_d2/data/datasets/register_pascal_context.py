@@ -16,7 +16,7 @@ import os
 
 from detectron2.data.datasets import load_sem_seg
 
-from ..vocabularies import get_vocabulary
+from ...vocabularies import get_vocabulary
 from .utils import (
     get_datasets_root,
     register_dataset,

@@ -1,11 +1,10 @@
 """What every ``register_<dataset>.py`` shares: the dataset root, (re)registration, the error
 for a dataset that was not prepared, and Detectron2 metadata built from a shipped vocabulary
-(``maskclip_d2.data.vocabularies``: categories in contiguous-id order, each with the
+(``maskclip_d2.vocabularies``: categories in contiguous-id order, each with the
 dataset's ``id``, ``name``, ``isthing`` and ``color``).
 """
 import os
 
-import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
@@ -13,7 +12,6 @@ __all__ = [
     "get_datasets_root",
     "register_dataset",
     "require_prepared",
-    "deterministic_colors",
     "things_metadata",
     "vocabulary_metadata",
 ]
@@ -56,12 +54,6 @@ def require_prepared(dataset_name, paths, prepare_command):
                 f"dataset as datasets/README.md describes (root: $DETECTRON2_DATASETS, default "
                 f"'datasets'), then run `{prepare_command}`."
             )
-
-
-def deterministic_colors(num_colors, seed=0):
-    """``num_colors`` RGB colours ([r, g, b] lists of ints), the same on every run."""
-    rng = np.random.RandomState(seed)
-    return rng.randint(0, 256, size=(num_colors, 3)).tolist()
 
 
 def things_metadata(categories):

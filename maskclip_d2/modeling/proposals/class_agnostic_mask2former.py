@@ -13,7 +13,7 @@ from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
-from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
+from ..losses.criterion import SetCriterion, build_set_criterion, gt_masks_of
 from .mask_former_head import MaskFormerHead
 
 __all__ = ["ClassAgnosticMask2Former"]

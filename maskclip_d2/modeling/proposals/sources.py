@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torchvision.ops import roi_align
 
 from ...checkpoint import StrictCheckpointer
-from ..criterion import gt_masks_of
+from ..losses.criterion import gt_masks_of
 from .class_agnostic_mask2former import ClassAgnosticMask2Former
 
 __all__ = [

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from maskclip_d2.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
+from maskclip_d2.modeling.losses.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_ce_cost
 
 
 def _bce(x, t):

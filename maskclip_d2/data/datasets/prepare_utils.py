@@ -9,7 +9,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from ..utils.file_io import atomic_write
+from ...utils.file_io import atomic_write
+from .utils import get_datasets_root
 
 __all__ = [
     "argument_parser", "require_download", "save_label_image", "convert_each", "read_label_image",
@@ -21,8 +22,6 @@ _FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 
 def argument_parser(doc):
     """The command line every prepare script shares: ``--root`` (the datasets folder)."""
-    from .datasets.utils import get_datasets_root
-
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--root", default=get_datasets_root(),
                         help="datasets root (default: $DETECTRON2_DATASETS or 'datasets')")
@@ -68,7 +67,7 @@ def check_class_names(path, vocabulary, official, shipped, same=None, complete=T
 
     Args:
         path (str): the official file the names come from (named in the message).
-        vocabulary (str): the shipped preset (``maskclip_d2.data.vocabularies``).
+        vocabulary (str): the shipped preset (``maskclip_d2.vocabularies``).
         official (dict): id -> the name in ``path``, with ids as ``path`` writes them
             (they are what the message shows).
         shipped (dict): the same id -> the shipped name, for every class the prepared data
@@ -92,7 +91,7 @@ def check_class_names(path, vocabulary, official, shipped, same=None, complete=T
         f"{path} does not hold the classes of the shipped vocabulary '{vocabulary}' "
         f"({len(wrong)} mismatching id{'s' if len(wrong) > 1 else ''}; {shown}). The class "
         "names and ids ship with maskclip-d2 "
-        "(maskclip_d2/data/vocabularies) and the prepared labels must use the same ids: "
+        "(maskclip_d2/vocabularies) and the prepared labels must use the same ids: "
         "replace this file with the one of the official release that datasets/README.md "
         "names (an edited or other-version file gives wrong labels), then run the script again."
     )

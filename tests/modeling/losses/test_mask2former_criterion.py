@@ -4,8 +4,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from maskclip_d2.modeling.criterion import SetCriterion, dice_loss, sigmoid_ce_loss
-from maskclip_d2.modeling.matcher import HungarianMatcher
+from maskclip_d2.modeling.losses.criterion import SetCriterion, dice_loss, sigmoid_ce_loss
+from maskclip_d2.modeling.losses.matcher import HungarianMatcher
 
 
 def test_dice_and_bce_by_hand():

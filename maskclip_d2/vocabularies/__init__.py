@@ -26,6 +26,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 __all__ = [
     "VOCABULARY_PRESETS", "get_vocabulary", "resolve_vocabulary", "COCO_OVD_BASE",
     "COCO_OVD_TARGET", "PASCAL_CONTEXT_59", "lvis_name",
@@ -80,6 +82,12 @@ def _coco_ovd(groups) -> List[Dict]:
             if c["isthing"] and c["name"] in wanted]
 
 
+def deterministic_colors(num_colors, seed=0):
+    """``num_colors`` RGB colours ([r, g, b] lists of ints), the same on every run."""
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 256, size=(num_colors, 3)).tolist()
+
+
 def lvis_name(category: Dict) -> str:
     """All synonyms of an LVIS category, readable: "aerosol can, spray can"."""
     return ", ".join(s.replace("_", " ") for s in category["synonyms"])
@@ -87,8 +95,6 @@ def lvis_name(category: Dict) -> str:
 
 def _lvis() -> List[Dict]:
     from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
-
-    from ..datasets.utils import deterministic_colors
 
     categories = sorted(LVIS_CATEGORIES, key=lambda c: c["id"])
     colors = deterministic_colors(len(categories))
