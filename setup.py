@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """maskclip-d2: MaskCLIP (ICML 2023) open-vocabulary universal segmentation as a Detectron2 plugin.
 
-detectron2 is not on PyPI: install it first (README, "detectron2"), e.g. with
+detectron2 is not on PyPI: install it first (docs/INSTALL.md), e.g. with
 `python install/install_detectron2.py`, which `make test` / `make demo` run for you.
 """
 from setuptools import find_packages, setup

@@ -34,7 +34,7 @@ with its traceback and the others still run):
                    share of the iteration spent in its multi-scale deformable attention
                    (the MSDeformAttn calls of one iteration replayed forward + backward alone).
 
-The log ends with the rows of the README's "GPU figures" table, filled from the JSON.
+The log ends with the rows of docs/BENCHMARKS.md's "GPU figures" table, filled from the JSON.
 Random weights throughout: speed and the equalities do not depend on trained values. With
 ``--smoke`` every size is tiny (tiny CLIP and Mask2Former, a few masks, 128 px images).
 The exit status is 0 only when no section raised and every equality and bound holds.
@@ -753,7 +753,7 @@ def stage1_training(device: str, sizes: Sizes, log) -> Dict:
 
 
 def readme_rows(data: Dict) -> List[str]:
-    """The rows of the README's "GPU figures" table, from the report ("-" where a section did
+    """The rows of docs/BENCHMARKS.md's "GPU figures" table, from the report ("-" where a section did
     not run or raised)."""
     sections = data["sections"]
 

@@ -30,11 +30,9 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
-# Size budget of what is copied to the GPU machine (tracked files + the wheelhouse), in MiB.
-CARRY_LIMIT_MB = 64
 PYTHON_VERSION = "3.12"
 
 # distribution -> the module whose presence means it is installed. Everything ``import
@@ -164,7 +162,7 @@ def _carried_version(dist: str) -> str:
                  f"project's venv (make setup), whose versions the wheelhouse carries")
 
 
-def prepare(folder: Path, cache_dir: Path) -> Dict:
+def prepare(folder: Path, cache_dir: Path, max_mb: Optional[float] = None) -> Dict:
     """Builds ``folder`` (which must not exist yet or be a wheelhouse of ours) and returns its
     manifest. Needs the package index and the project's venv (the versions carried are the ones
     it runs)."""
@@ -216,16 +214,16 @@ def prepare(folder: Path, cache_dir: Path) -> Dict:
         total = sum(w.stat().st_size for w in wheels)
         manifest["total_mb"] = round(total / 2**20, 2)
         tracked = _tracked_mb()
-        if manifest["total_mb"] + tracked > CARRY_LIMIT_MB:
+        if max_mb is not None and manifest["total_mb"] + tracked > max_mb:
             sys.exit(f"[wheelhouse] {manifest['total_mb']} MiB of wheels + {tracked:.1f} MiB of "
-                     f"tracked files exceed the {CARRY_LIMIT_MB} MiB budget of the copy to the GPU machine")
+                     f"tracked files exceed --max-mb {max_mb}")
         (build / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(build, folder)  # whole or not at all: built aside, copied when complete
     print(f"[wheelhouse] {len(wheels)} wheels, {manifest['total_mb']} MiB in {folder} "
-          f"(+ {tracked:.1f} MiB of tracked files, limit {CARRY_LIMIT_MB} MiB)")
+          f"(+ {tracked:.1f} MiB of tracked files)")
     return manifest
 
 
@@ -297,12 +295,15 @@ def main():
     p.add_argument("folder", type=Path, help="e.g. .gpu_wheelhouse (git-ignored)")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "detectron2",
                    help="install/install_detectron2.py's cache of verified archives and wheels")
+    p.add_argument("--max-mb", type=float, default=None,
+                   help="stop when the wheels plus the tracked files exceed this many MiB (a size "
+                   "budget for copying the checkout and the wheelhouse to the GPU machine)")
     i = sub.add_parser("install", help="install what this interpreter lacks (no network)")
     i.add_argument("folder", type=Path)
     i.add_argument("--target", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.folder, args.cache_dir)
+        prepare(args.folder, args.cache_dir, args.max_mb)
     else:
         print(json.dumps(install(args.folder, args.target), indent=1))
 

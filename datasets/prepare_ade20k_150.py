@@ -31,7 +31,7 @@ import tqdm
 from panopticapi.utils import id2rgb
 
 from maskclip_d2.data.datasets.register_ade20k_150 import ade20k_150_paths
-from maskclip_d2.data.datasets.utils import write_json_atomic
+from maskclip_d2.utils import write_json_atomic
 from maskclip_d2.data.datasets.prepare_utils import (
     argument_parser,
     check_class_names,

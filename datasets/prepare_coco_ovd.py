@@ -18,7 +18,7 @@ import os
 import tqdm
 
 from maskclip_d2.data.datasets.register_coco_ovd import coco_ovd_json
-from maskclip_d2.data.datasets.utils import write_json_atomic
+from maskclip_d2.utils import write_json_atomic
 from maskclip_d2.data.datasets.prepare_utils import argument_parser, check_class_names, require_download
 from maskclip_d2.vocabularies import get_vocabulary
 

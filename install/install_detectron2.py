@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Provision detectron2 (and the LVIS API its LVISEvaluator calls), offline except for PyPI.
 
-Order (README, "detectron2"):
+Order (docs/INSTALL.md):
   a. a detectron2 that already imports with the APIs maskclip-d2 uses is kept (an upstream build
      from source, or this script's own build of the current patch series);
   b. users who can reach GitHub install upstream detectron2 themselves first, and (a) keeps it:
@@ -257,7 +257,7 @@ def build_wheel(package: PatchedPackage, archive: Path, workdir: Path, wheel_dir
 
 def wheel_for(package: PatchedPackage, cache_dir: Path, force: bool = False) -> Path:
     """Our patched wheel of ``package``: the one cached in ``cache_dir/wheels``, else built now
-    (also what benchmarks/gpu_wheelhouse.py carries to a GPU machine)."""
+    (also what benchmarks/gpu_wheelhouse.py puts in a GPU machine's wheelhouse)."""
     wheel_dir = cache_dir / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheels = sorted(wheel_dir.glob(f"{package.name}-{package.wanted_version()}-*.whl"))
@@ -299,7 +299,7 @@ def main():
     parser.add_argument(
         "--print-wheels", action="store_true",
         help="install nothing: build (or take from the cache) the patched wheels and print their "
-        "paths, one a line (what benchmarks/gpu_wheelhouse.py carries to a GPU machine)",
+        "paths, one a line (what benchmarks/gpu_wheelhouse.py puts in a wheelhouse)",
     )
     args = parser.parse_args()
     if args.print_wheels:

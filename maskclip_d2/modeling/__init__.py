@@ -3,8 +3,9 @@
 * ``clip/``: the frozen CLIP (weights, OpenAI / OpenCLIP / custom towers, text encoder);
 * ``proposals/``: stage 1, the class-agnostic Mask2Former and the other proposal sources;
 * ``encoder/``: the paper's MaskCLIP Visual Encoder (mask class tokens, RMA) and the CLIP Baseline;
-* ``maskclip.py``: the meta-architecture tying them together, with ``criterion.py``,
-  ``matcher.py`` and ``postprocessing.py``.
+* ``losses/``: Mask2Former's set criterion and Hungarian matcher, which both stages train with;
+* ``maskclip.py``: the meta-architecture tying them together, and ``postprocessing.py`` (with
+  ``postprocessing_reference.py``, the straightforward version it is tested against).
 
 Importing registers the meta-architectures."""
 from .clip import CLIPTextEncoder, build_clip_model, build_clip_tokenizer, load_clip

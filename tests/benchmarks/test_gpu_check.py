@@ -119,7 +119,7 @@ def test_speed_table_is_filled(smoke_report):
     # one MSDeformAttn call per encoder layer of the tiny pixel decoder
     assert stage1["deformable_attention"]["calls"] == 1
     assert 0 < stage1["deformable_attention"]["share_of_iteration"] < 1
-    # the README's table rows, filled from the report (AMP columns stay empty on the CPU)
+    # docs/BENCHMARKS.md's table rows, filled from the report (AMP columns stay empty on the CPU)
     rows = report["readme_rows"]
     assert len(rows) == 8 and all(row.startswith("| ") for row in rows)
     assert all(" - " not in row for row in rows[1:5] + rows[7:])
