@@ -271,7 +271,12 @@ def main(argv=None):
             "checks that the pipeline runs; its labels and scores mean nothing."
         )
 
-    predictor = predictor or Predictor(cfg)
+    try:
+        predictor = predictor or Predictor(cfg)
+    except FileNotFoundError as err:
+        hint = " (the synthetic world's model: run `make demo` once to train it)" if ".cache/synthetic_world_ci" in str(err) else ""
+        print(f"error: {err}{hint}", file=sys.stderr)
+        return 2
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
     demo = VisualizationDemo(predictor, args.confidence_threshold)

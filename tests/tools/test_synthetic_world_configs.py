@@ -1,0 +1,64 @@
+"""The synthetic world's configs name the weights where ``make demo`` trains them, so
+``demo/demo.py --config-file configs/synthetic/maskclip_rma.yaml`` (and ``Predictor`` on that
+config) loads the demo's model without overrides; training-free modes and stage-2 training
+load no checkpoint."""
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from maskclip_d2 import Predictor, get_maskclip_cfg
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("synthetic_world_tool", REPO / "tools" / "synthetic_world.py")
+synthetic_world = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synthetic_world)
+
+
+def _make_demo_folder():
+    """``SYNTHETIC ?= ...`` of the Makefile: where ``make demo`` trains."""
+    text = (REPO / "Makefile").read_text()
+    return re.search(r"^SYNTHETIC \?= (\S+)$", text, re.M).group(1)
+
+
+def _argv_value(argv, key):
+    return argv[argv.index(key) + 1]
+
+
+def test_the_rma_config_names_the_weights_make_demo_writes():
+    out = Path(_make_demo_folder())
+    jobs = {j.name: j for j in synthetic_world.build_jobs(out, synthetic_world.SCALES["ci"], None)}
+    written = {
+        "MODEL.CLIP.WEIGHTS": _argv_value(jobs["clip"].argv, "--output"),
+        "MODEL.MASKCLIP.PROPOSAL_WEIGHTS": str(Path(_argv_value(jobs["stage1"].argv, "OUTPUT_DIR")) / "model_final.pth"),
+        "MODEL.WEIGHTS": str(Path(_argv_value(jobs["stage2"].argv, "OUTPUT_DIR")) / "model_final.pth"),
+    }
+    cfg = get_maskclip_cfg(str(REPO / "configs/synthetic/maskclip_rma.yaml"))
+    assert {k: os.path.normpath(v) for k, v in written.items()} == {
+        "MODEL.CLIP.WEIGHTS": os.path.normpath(cfg.MODEL.CLIP.WEIGHTS),
+        "MODEL.MASKCLIP.PROPOSAL_WEIGHTS": os.path.normpath(cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS),
+        "MODEL.WEIGHTS": os.path.normpath(cfg.MODEL.WEIGHTS),
+    }
+    # Stage 2 trains from scratch, not from the config's (the last run's) stage-2 weights.
+    assert _argv_value(jobs["stage2"].argv, "MODEL.WEIGHTS") == ""
+
+
+def test_training_free_modes_load_no_checkpoint():
+    for name in ("clip_baseline", "maskclip_mask_tokens", "maskclip_gt_masks"):
+        assert get_maskclip_cfg(str(REPO / f"configs/synthetic/{name}.yaml")).MODEL.WEIGHTS == "", name
+
+
+def test_the_predictor_takes_config_overrides():
+    tiny = str(REPO / "configs/tiny/maskclip_tiny.yaml")
+    predictor = Predictor(tiny, opts=["MODEL.MASKCLIP.NUM_PROPOSALS", "3", "TEST.DETECTIONS_PER_IMAGE", "7"])
+    assert predictor.cfg.MODEL.MASKCLIP.NUM_PROPOSALS == 3
+    assert predictor.cfg.TEST.DETECTIONS_PER_IMAGE == 7
+    cfg = get_maskclip_cfg(tiny)
+    again = Predictor(cfg, opts=["TEST.DETECTIONS_PER_IMAGE", "5"], model=predictor.model)
+    assert again.cfg.TEST.DETECTIONS_PER_IMAGE == 5 and cfg.TEST.DETECTIONS_PER_IMAGE != 5  # a copy
+    try:
+        Predictor(tiny, opts=["TEST.DETECTIONS_PER_IMAGE"])
+    except ValueError as err:
+        assert "KEY VALUE pairs" in str(err)
+    else:
+        raise AssertionError("an odd opts list was accepted")
