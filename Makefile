@@ -19,7 +19,7 @@ demo: setup
 	@test -f $(SYNTHETIC)/results.json || { rm -rf $(SYNTHETIC) && \
 		$(PY) tools/synthetic_world.py --scale ci --output $(SYNTHETIC); }
 	$(PY) demo/demo.py --config-file configs/synthetic/maskclip_rma.yaml \
-		--input $(SYNTHETIC)/demo_inputs --output output/demo --task panoptic \
+		--input $(SYNTHETIC)/demo_inputs --output output/demo --overwrite --task panoptic \
 		--vocab "$(SYNTHETIC_VOCAB)" --opts MODEL.WEIGHTS $(SYNTHETIC)/stage2/model_final.pth \
 		MODEL.CLIP.WEIGHTS $(SYNTHETIC)/clip/synthetic_clip.pth \
 		MODEL.MASKCLIP.PROPOSAL_WEIGHTS $(SYNTHETIC)/stage1/model_final.pth \
@@ -28,7 +28,7 @@ demo: setup
 # The photo demo: the tiny config with RANDOM CLIP weights on scikit-image's photographs
 # (the pipeline runs; labels mean nothing without real CLIP weights, see README).
 demo-photos: setup
-	$(PY) demo/demo.py --config-file configs/tiny/maskclip_tiny.yaml --output output/demo_photos \
+	$(PY) demo/demo.py --config-file configs/tiny/maskclip_tiny.yaml --output output/demo_photos --overwrite \
 		--task all --vocab "person, astronaut; cat; coffee cup; rocket; sky; grass"
 
 test: setup
