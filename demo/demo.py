@@ -89,6 +89,9 @@ def get_parser():
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument(
+        "--side-by-side", action="store_true", help="draw each input left of its result",
+    )
+    parser.add_argument(
         "--proposals", choices=["mask2former", "maskrcnn"],
         help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); the config's model keys must "
         "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml). 'gt' needs "
@@ -335,7 +338,7 @@ def main(argv=None):
         return 2
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
-    demo = VisualizationDemo(predictor, args.confidence_threshold)
+    demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
     failures = 0
     written = [] if args.input else list(inputs)
     # The bar on a terminal only: piped, it would interleave with the result lines.

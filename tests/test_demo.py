@@ -39,11 +39,12 @@ def _photo(folder, name, array=None, mode=None, fmt="PNG", suffix=".png"):
 
 
 def _check_outputs(out, stem, size, tasks):
-    """One PNG per task of the input's size, one JSON with segments from the vocabulary."""
+    """One PNG per task: the input's width (inputs of DRAW_MIN_SIZE and more are drawn at
+    their size) with a legend below; one JSON with segments from the vocabulary."""
     for task in tasks:
         png = os.path.join(out, f"{stem}_{task}.png")
         with Image.open(png) as drawn:
-            assert drawn.size == size and drawn.mode == "RGB"
+            assert drawn.size[0] == size[0] and drawn.size[1] > size[1] and drawn.mode == "RGB"
     with open(os.path.join(out, f"{stem}.json")) as f:
         record = json.load(f)
     assert record["vocabulary"] == CLASSES

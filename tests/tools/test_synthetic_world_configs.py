@@ -62,3 +62,17 @@ def test_the_predictor_takes_config_overrides():
         assert "KEY VALUE pairs" in str(err)
     else:
         raise AssertionError("an odd opts list was accepted")
+
+
+def test_make_demo_marks_the_worlds_stuff_and_draws_input_beside_output():
+    from maskclip_d2.synthetic_world.world import CONCEPTS
+
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^(SYNTHETIC_\w+) := (.*)$", text, re.M))
+    demo = re.search(r"^demo:.*?\n\n", text, re.M | re.S).group(0)
+    assert '--stuff "$(SYNTHETIC_STUFF)"' in demo and "--side-by-side" in demo
+    vocab = [c.strip() for c in variables["SYNTHETIC_VOCAB"].split(";")]
+    stuff = [c.strip() for c in variables["SYNTHETIC_STUFF"].split(";")]
+    world = {c.name: c.isthing for c in CONCEPTS}
+    assert sorted(vocab) == sorted(world)
+    assert sorted(stuff) == sorted(name for name, thing in world.items() if not thing)
