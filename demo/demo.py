@@ -18,7 +18,7 @@ ever replaces an input. Without --input it runs on photographs that ship with sc
 written to ``OUT/inputs/``.
 
 A non-empty --output folder is refused unless --overwrite: results of two runs never mix
-unnoticed. ``OUT/demo_run.json`` lists what a run wrote; --overwrite removes those files of
+unnoticed. ``OUT/demo_run.json`` lists what a run writes; --overwrite removes those files of
 the earlier run (and nothing else) before writing.
 """
 import argparse
@@ -339,8 +339,13 @@ def main(argv=None):
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
+    if not single_file_output:  # before any result: an interrupted run is replaced whole too
+        planned = ([] if args.input else list(inputs)) + [
+            p for pngs, json_path in plan.values() for p in pngs + [json_path]]
+        write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
+                           "written": [os.path.relpath(p, out_dir) for p in planned]},
+                          os.path.join(out_dir, RUN_RECORD))
     failures = 0
-    written = [] if args.input else list(inputs)
     # The bar on a terminal only: piped, it would interleave with the result lines.
     for path in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2 or not sys.stderr.isatty()):
         start = time.perf_counter()
@@ -366,17 +371,12 @@ def main(argv=None):
                   **{task: segments[task] for task in tasks}}
         with atomic_write(json_path) as tmp, open(tmp, "w") as f:
             json.dump(record, f, indent=1)
-        written += pngs + [json_path]
         counts = ", ".join(
             f"{task}: {plural(len(segments[task]), 'segment')} "
             f"({', '.join(sorted({s['class'].split(',')[0] for s in segments[task]})) or '-'})"
             for task in tasks
         )
         tqdm.write(f"{path}{note}: {counts} in {time.perf_counter() - start:.2f}s")
-    if not single_file_output:
-        write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
-                           "written": [os.path.relpath(p, out_dir) for p in written]},
-                          os.path.join(out_dir, RUN_RECORD))
     print(f"wrote {len(inputs) - failures} result(s) to {out_dir or '.'}" + (f"; {failures} input(s) skipped" if failures else ""))
     return 1 if failures == len(inputs) else 0
 
