@@ -10,6 +10,7 @@ beside the result.
 import colorsys
 from typing import Dict, List, Optional, Sequence
 
+import matplotlib.colors as mplc
 import numpy as np
 import torch
 from detectron2.data import Metadata
@@ -129,8 +130,11 @@ class _ClassColorVisualizer(Visualizer):
     def _jitter(self, color):
         return color
 
-    def draw_text(self, text, position, **kwargs):
-        output = super().draw_text(text, position, **kwargs)
+    def draw_text(self, text, position, *, color="g", **kwargs):
+        # the label in its class's colour mixed with white: readable on its black box for dark
+        # class colours too
+        color = 0.5 + 0.5 * np.asarray(mplc.to_rgb(color))
+        output = super().draw_text(text, position, color=color, **kwargs)
         label = self.output.ax.texts[-1]
         box = label.get_window_extent(self.output.canvas.get_renderer())
         (x0, y0), (x1, y1) = self.output.ax.transData.inverted().transform(box.get_points())
