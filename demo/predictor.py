@@ -37,6 +37,8 @@ DISTINCT_COLORS = [
 # Inputs whose longest side is shorter are drawn enlarged by a whole factor up to this size
 # (a 64 px scene at 8x), so that labels and edges are readable.
 DRAW_MIN_SIZE = 512
+# Detectron2's label size grows with the image (sqrt(H * W) / 90): at least this on small ones.
+LABEL_MIN_FONT_SIZE = 13
 
 
 def class_colors(num_classes: int) -> List[tuple]:
@@ -126,6 +128,7 @@ class _ClassColorVisualizer(Visualizer):
 
     def __init__(self, rgb, metadata):
         super().__init__(rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
+        self._default_font_size = max(self._default_font_size, LABEL_MIN_FONT_SIZE)
 
     def _jitter(self, color):
         return color
