@@ -76,3 +76,19 @@ def test_make_demo_marks_the_worlds_stuff_and_draws_input_beside_output():
     world = {c.name: c.isthing for c in CONCEPTS}
     assert sorted(vocab) == sorted(world)
     assert sorted(stuff) == sorted(name for name, thing in world.items() if not thing)
+
+
+def test_the_demo_before_make_demo_says_which_file_is_missing_and_what_trains_it(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("maskclip_demo", REPO / "demo" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "scene.png")
+    monkeypatch.chdir(tmp_path)  # a checkout where `make demo` has not run
+    rc = demo.main(["--config-file", str(REPO / "configs/synthetic/maskclip_rma.yaml"),
+                    "--input", "scene.png", "--output", "out"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ".cache/synthetic_world_ci/" in err and "run `make demo`" in err
