@@ -333,7 +333,8 @@ def main(argv=None):
     try:
         predictor = predictor or Predictor(cfg)
     except FileNotFoundError as err:
-        hint = " (the synthetic world's model: run `make demo` once to train it)" if ".cache/synthetic_world_ci" in str(err) else ""
+        hint = (" (the synthetic world's model: run `make demo` once to train it)"
+                if ".cache/synthetic_world_ci" in str(err) else "")
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     if vocabulary is None:
