@@ -13,6 +13,8 @@ import os
 from collections import OrderedDict
 
 import torch
+
+import maskclip_d2  # noqa: F401  (before Detectron2: imports its dependencies without deprecation noise)
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results

@@ -9,12 +9,17 @@
 
 Semicolons separate classes, commas separate synonyms of one class; ``--vocab ade20k_150``
 takes a benchmark's vocabulary (``maskclip_d2.vocabularies``) with its thing / stuff
-flags. ``--stuff "sky; grass"`` marks stuff classes (one region each in panoptic output; the others are things). For every
-image the demo writes a PNG drawn by Detectron2's Visualizer and a JSON of the segments, at
-the image's path relative to the inputs' common folder (``a/photo.jpg`` -> ``OUT/a/photo.png``);
-inputs that would share a result name keep their extension in it (``photo_jpg.png``). No
-result ever replaces an input. Without --input it runs on photographs that ship with
-scikit-image.
+flags. ``--stuff "sky; grass"`` marks stuff classes (one region each in panoptic output; the
+others are things). For every image the demo writes a PNG per task drawn by Detectron2's
+Visualizer and a JSON of the segments, at the image's path relative to the inputs' common
+folder (``a/photo.jpg`` -> ``OUT/a/photo_panoptic.png``, ``OUT/a/photo.json``); inputs that
+would share a result name keep their extension in it (``photo_jpg_panoptic.png``). No result
+ever replaces an input. Without --input it runs on photographs that ship with scikit-image,
+written to ``OUT/inputs/``.
+
+A non-empty --output folder is refused unless --overwrite: results of two runs never mix
+unnoticed. ``OUT/demo_run.json`` lists what a run writes; --overwrite removes those files of
+the earlier run (and nothing else) before writing.
 """
 import argparse
 import glob
@@ -32,7 +37,7 @@ from detectron2.utils.logger import setup_logger
 
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
-from maskclip_d2.utils import atomic_write
+from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
 )
@@ -40,6 +45,7 @@ from maskclip_d2.visualization import VisualizationDemo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+RUN_RECORD = "demo_run.json"  # in --output: what the run wrote, for --overwrite
 
 
 def get_parser():
@@ -51,8 +57,19 @@ def get_parser():
         "is stored in the file; --opts may change post-processing keys)",
     )
     parser.add_argument("--onnx-model", metavar="FILE", help="the .onnx file of --backend onnx")
-    parser.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
-    parser.add_argument("--output", default="output/demo", help="output folder (or file, for one image)")
+    parser.add_argument(
+        "--input", nargs="+", help="image files, folders or glob patterns (default: scikit-image's "
+        f"photographs {', '.join(SAMPLE_PHOTOS)}, written to OUTPUT/inputs/)",
+    )
+    parser.add_argument(
+        "--output", default="output/demo_results", help="output folder, refused if not empty "
+        "unless --overwrite (default: %(default)s); or a .png file name, for one input",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help=f"write into a non-empty --output: the files an earlier run listed in {RUN_RECORD} "
+        "are removed first, other files are kept",
+    )
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument(
         "--vocab", help='classes: "toy rabbit, real rabbit; sky; grass", or a preset with its '
@@ -69,6 +86,9 @@ def get_parser():
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument(
+        "--side-by-side", action="store_true", help="draw each input left of its result",
+    )
+    parser.add_argument(
         "--proposals", choices=["mask2former", "maskrcnn"],
         help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); the config's model keys must "
         "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml). 'gt' needs "
@@ -80,6 +100,10 @@ def get_parser():
     )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
+
+
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def parse_tasks(text):
@@ -134,7 +158,9 @@ def output_stems(inputs):
 
 
 def plan_outputs(args, inputs, tasks):
-    """{input: ([PNG per task], JSON)}; ValueError if a result would replace an input."""
+    """{input: ([PNG per task], JSON)}; ValueError if a result would replace an input. In a
+    folder, PNGs are ``<stem>_<task>.png`` whatever the number of tasks; a ``.png`` --output
+    is the file the user named (one task) or ``<name>_<task>.png`` (several)."""
     single_file = args.output.lower().endswith(".png")
     plan = {}
     if single_file:  # one input; several tasks get one file each
@@ -144,8 +170,7 @@ def plan_outputs(args, inputs, tasks):
     else:
         for path, stem in zip(inputs, output_stems(inputs)):
             base = os.path.join(args.output, stem)
-            pngs = [f"{base}.png" if len(tasks) == 1 else f"{base}_{task}.png" for task in tasks]
-            plan[path] = (pngs, f"{base}.json")
+            plan[path] = ([f"{base}_{task}.png" for task in tasks], f"{base}.json")
     sources = {os.path.realpath(p): p for p in inputs}
     for path, (pngs, json_path) in plan.items():
         for out in pngs + [json_path]:
@@ -155,6 +180,35 @@ def plan_outputs(args, inputs, tasks):
                     f"{sources[os.path.realpath(out)]}: choose another --output folder"
                 )
     return plan
+
+
+def check_output_free(args, single_file, plan):
+    """ValueError unless --output is free: a folder that does not exist or is empty, a .png
+    whose results (``plan``) do not exist yet; or --overwrite. With --overwrite, the files the
+    earlier run listed in its ``RUN_RECORD`` are removed (nothing else)."""
+    out = args.output
+    if single_file:
+        taken = [p for pngs, json_path in plan.values() for p in pngs + [json_path] if os.path.exists(p)]
+        if taken and not args.overwrite:
+            raise ValueError(f"{taken[0]} exists: choose another --output, or add --overwrite to replace it")
+        return
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    if not args.overwrite:
+        raise ValueError(
+            f"--output {out} is not empty (results of an earlier run?): choose a new folder, or "
+            f"add --overwrite to replace the demo's earlier results there ({RUN_RECORD} lists them)"
+        )
+    record = os.path.join(out, RUN_RECORD)
+    if os.path.isfile(record):
+        with open(record) as f:
+            written = json.load(f).get("written", [])
+        root = os.path.realpath(out)
+        for rel in written:
+            path = os.path.realpath(os.path.join(out, rel))
+            if path.startswith(root + os.sep) and os.path.isfile(path):
+                os.remove(path)
+        os.remove(record)
 
 
 def check_writable(folders):
@@ -239,16 +293,20 @@ def main(argv=None):
     single_file_output = args.output.lower().endswith(".png")
     out_dir = os.path.dirname(args.output) if single_file_output else args.output
     try:
-        if args.input:
-            inputs = expand_inputs(args.input)
-        else:
-            check_writable([out_dir])
-            inputs = sample_photos(os.path.join(out_dir, "inputs"))
+        inputs = expand_inputs(args.input) if args.input else [
+            os.path.join(out_dir, "inputs", f"{name}.png") for name in SAMPLE_PHOTOS]
         if single_file_output and len(inputs) != 1:
-            raise ValueError(f"--output {args.output} is a file but there are {len(inputs)} inputs")
+            raise ValueError(
+                f"--output {args.output} names one PNG file (it ends in .png), but there are "
+                f"{len(inputs)} inputs: give an output folder instead"
+            )
         if not inputs:
             raise ValueError("--input matched no image")
         plan = plan_outputs(args, inputs, tasks)
+        check_output_free(args, single_file_output, plan)
+        if not args.input:
+            check_writable([out_dir])
+            sample_photos(os.path.join(out_dir, "inputs"))
         check_writable(os.path.dirname(p) for pngs, json_path in plan.values() for p in pngs + [json_path])
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -269,12 +327,25 @@ def main(argv=None):
             "checks that the pipeline runs; its labels and scores mean nothing."
         )
 
-    predictor = predictor or Predictor(cfg)
+    try:
+        predictor = predictor or Predictor(cfg)
+    except FileNotFoundError as err:
+        hint = (" (the synthetic world's model: run `make demo` once to train it)"
+                if ".cache/synthetic_world_ci" in str(err) else "")
+        print(f"error: {err}{hint}", file=sys.stderr)
+        return 2
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
-    demo = VisualizationDemo(predictor, args.confidence_threshold)
+    demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
+    if not single_file_output:  # before any result: an interrupted run is replaced whole too
+        planned = ([] if args.input else list(inputs)) + [
+            p for pngs, json_path in plan.values() for p in pngs + [json_path]]
+        write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
+                           "written": [os.path.relpath(p, out_dir) for p in planned]},
+                          os.path.join(out_dir, RUN_RECORD))
     failures = 0
-    for path in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2):
+    # The bar on a terminal only: piped, it would interleave with the result lines.
+    for path in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2 or not sys.stderr.isatty()):
         start = time.perf_counter()
         try:
             rgb = read_rgb_image(path)
@@ -299,7 +370,8 @@ def main(argv=None):
         with atomic_write(json_path) as tmp, open(tmp, "w") as f:
             json.dump(record, f, indent=1)
         counts = ", ".join(
-            f"{task}: {len(segments[task])} segments ({', '.join(sorted({s['class'].split(',')[0] for s in segments[task]})) or '-'})"
+            f"{task}: {plural(len(segments[task]), 'segment')} "
+            f"({', '.join(sorted({s['class'].split(',')[0] for s in segments[task]})) or '-'})"
             for task in tasks
         )
         tqdm.write(f"{path}{note}: {counts} in {time.perf_counter() - start:.2f}s")

@@ -26,6 +26,7 @@ A model says which with two methods:
 import logging
 import os
 import pickle
+import struct
 from typing import Dict, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -47,6 +48,14 @@ MASK_RCNN_CLASS_HEADS = (
     "roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
     "roi_heads.mask_head.predictor.",
 )
+
+
+# What reading a file that is not a checkpoint raises: the unpickler's own error, or, for bytes
+# that happen to be pickle opcodes (a text file: "hello" reads as BINGET 101), whatever the
+# opcodes do (KeyError: 101); a pickle of something other than a dict fails Detectron2's
+# ``"model" in loaded`` (TypeError).
+_NOT_A_CHECKPOINT = (pickle.UnpicklingError, KeyError, IndexError, TypeError, AttributeError,
+                     ValueError, UnicodeDecodeError, struct.error)
 
 
 class CheckpointMismatchError(ValueError):
@@ -97,18 +106,22 @@ class StrictCheckpointer(DetectionCheckpointer):
                 "the checkpoint again."
             )
         try:
-            return super()._load_file(filename)
-        except pickle.UnpicklingError as err:
-            if "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            loaded = super()._load_file(filename)
+        except _NOT_A_CHECKPOINT as err:
+            if isinstance(err, pickle.UnpicklingError) and (
+                    "Unsupported global" in str(err) or "GLOBAL" in str(err)):
                 raise CheckpointFileError(
                     f"{filename} holds pickled Python objects besides tensors, which are not "
                     "loaded: a checkpoint may come from anyone, and unpickling runs code. If you "
                     "made this file, save a plain state dict instead: "
                     "torch.save({'model': model.state_dict()}, path)."
                 ) from None
+            reason = str(err).splitlines()[-1].strip() if str(err).strip() else ""
+            if not isinstance(err, pickle.UnpicklingError) or not reason:
+                reason = f"{type(err).__name__}{': ' + reason if reason else ''}"
             raise CheckpointFileError(
                 f"{filename} is not a PyTorch checkpoint (it cannot be read as one: "
-                f"{str(err).splitlines()[-1].strip() or type(err).__name__}). Check the path; "
+                f"{reason}). Check the path; "
                 "MODEL.WEIGHTS must name a .pth saved by torch.save or a Detectron2 .pkl."
             ) from None
         except (EOFError, RuntimeError, OSError) as err:
@@ -117,6 +130,14 @@ class StrictCheckpointer(DetectionCheckpointer):
                 f"{str(err).splitlines()[0] if str(err) else 'unexpected end of file'}). Fetch or "
                 "copy the checkpoint again."
             ) from None
+        state = loaded.get("model")
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise CheckpointFileError(
+                f"{filename} is not a PyTorch checkpoint: it holds a {type(state).__name__}, not a "
+                "state dict (names -> tensors). MODEL.WEIGHTS must name a .pth saved by "
+                "torch.save({'model': model.state_dict()}, path) or a Detectron2 .pkl."
+            )
+        return loaded
 
     def _allowed(self, checkpoint, incompatible):
         """Keys of ``incompatible`` that are expected for this checkpoint (none here)."""

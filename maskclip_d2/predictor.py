@@ -2,6 +2,7 @@
 
     from maskclip_d2 import Predictor
     predictor = Predictor("configs/coco/maskclip_vitl14_336.yaml", weights="model_final.pth")
+    # or: Predictor(config_file, opts=["MODEL.CLIP.WEIGHTS", "clip.pth", ...]) (KEY VALUE pairs)
     outputs = predictor(image, vocabulary=["toy rabbit, real rabbit", "sky", "grass"],
                         task="panoptic")
 
@@ -204,18 +205,25 @@ class Predictor:
         weights: Optional[str] = None,
         device: Optional[str] = None,
         model: Optional[torch.nn.Module] = None,
+        opts: Sequence[str] = (),
     ):
         """
         Args:
             cfg: a MaskCLIP config or the path of its yaml file.
             weights, device: override ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``.
+            opts: other config overrides, KEY VALUE pairs as on the command line
+                (``["MODEL.CLIP.WEIGHTS", "clip.pth", "TEST.DETECTIONS_PER_IMAGE", "50"]``).
             model: a MaskCLIP already built for ``cfg`` (e.g. ``maskclip_d2.deploy``'s, which
                 runs an exported graph with ONNX Runtime); None builds one and loads its weights.
         """
+        if isinstance(opts, str) or len(opts) % 2:
+            raise ValueError(f"opts must be KEY VALUE pairs (a list of even length), got {opts!r}")
         if isinstance(cfg, (str, os.PathLike)):
-            cfg = get_maskclip_cfg(os.fspath(cfg))
-        cfg = cfg.clone()
-        cfg.defrost()
+            cfg = get_maskclip_cfg(os.fspath(cfg), opts)
+        else:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.merge_from_list(list(opts))
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
         if device is not None:
@@ -293,7 +301,8 @@ class Predictor:
                 With a list of names and neither of these, every class is a thing; without a
                 vocabulary, they re-flag the current one.
         Returns:
-            Detectron2's outputs for the task(s), at the image's resolution.
+            Detectron2's outputs for the task(s), at the image's resolution; each panoptic
+            segment's dict also has ``"class"``, the vocabulary's name of its ``category_id``.
         """
         tasks = parse_tasks(task)
         if vocabulary is not None:
@@ -307,6 +316,11 @@ class Predictor:
             "semantic" in tasks, "panoptic" in tasks, "instance" in tasks
         )
         try:
-            return model([inputs])[0]
+            outputs = model([inputs])[0]
         finally:
             model.semantic_on, model.panoptic_on, model.instance_on = flags
+        if "panoptic_seg" in outputs:
+            names = self.vocabulary
+            for segment in outputs["panoptic_seg"][1]:
+                segment["class"] = names[segment["category_id"]]
+        return outputs

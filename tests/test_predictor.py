@@ -116,6 +116,9 @@ def test_stuff_classes_are_one_region_each_and_flags_follow_every_call(monkeypat
     _, segments = out["panoptic_seg"]
     stuff = [s["category_id"] for s in segments if not s["isthing"]]
     assert [s["category_id"] for s in segments if s["isthing"]] == [0]
+    # The class name beside Detectron2's category_id: no lookup for the user.
+    assert [s["class"] for s in segments if s["isthing"]] == ["toy rabbit, real rabbit"]
+    assert {s["class"] for s in segments} == {vocabulary[s["category_id"]] for s in segments}
     assert sorted(stuff) == sorted(set(stuff)) and set(stuff) <= {1, 2}
     assert sum(s["area"] for s in segments if not s["isthing"]) == 40 * 60 * 3 // 4
     assert set(out["instances"].pred_classes.tolist()) == {0}  # stuff is never an instance

@@ -52,10 +52,12 @@ def _pickled_object(path):
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
     (lambda p: p.write_text("<html>404 Not Found</html>\n"), "is not a PyTorch checkpoint"),
+    (lambda p: p.write_text("hello\n"), "is not a PyTorch checkpoint"),
+    (lambda p: torch.save([1, 2], p), "is not a PyTorch checkpoint"),
     (_pickled_object, "holds pickled Python objects besides tensors"),
     (lambda p: (torch.save({"model": two_layers().state_dict()}, p),
                 p.write_bytes(p.read_bytes()[:300])), "is damaged or truncated"),
-], ids=["empty", "text", "pickled-object", "truncated"])
+], ids=["empty", "html", "hello", "saved-list", "pickled-object", "truncated"])
 def test_a_file_that_is_not_a_checkpoint_is_refused_naming_it(tmp_path, write, message):
     path = tmp_path / "model_final.pth"
     write(path)

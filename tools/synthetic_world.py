@@ -92,7 +92,7 @@ def build_jobs(out: Path, scale: dict, broken: str):
     jobs.append(Job("stage1_eval", [python, train_net, "--config-file", STAGE1_CONFIG, "--eval-only",
                                     "MODEL.WEIGHTS", stage1, "OUTPUT_DIR", out / "stage1_eval"],
                     deps=["stage1"]))
-    jobs.append(Job("stage2", [python, train_net, "--config-file", MODES["rma"],
+    jobs.append(Job("stage2", [python, train_net, "--config-file", MODES["rma"], "MODEL.WEIGHTS", "",
                                "SOLVER.MAX_ITER", scale["stage2_iters"], "DATASETS.TEST", "()",
                                *clip_opts, "OUTPUT_DIR", out / "stage2"],
                     deps=["stage1", *clip_dep]))

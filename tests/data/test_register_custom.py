@@ -199,3 +199,91 @@ def test_custom_semantic_and_instance_datasets_score_100_on_their_ground_truth(t
     assert res["AP"] == pytest.approx(100)
     res = evaluate(evaluator, [record], [instances_from_masks(masks, [1, 0], [1.0, 1.0])])["segm"]
     assert res["AP"] == pytest.approx(0)  # the user's names, swapped: every mask wrong
+
+
+def write_split(root, split, scenes, first_id):
+    """One split of the usual layout: ``images/`` and ``panoptic/`` shared by every split,
+    ``panoptic_<split>.json`` per split. ``scenes`` are ``scene`` indices."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "panoptic").mkdir(exist_ok=True)
+    images, annotations = [], []
+    for n, k in enumerate(scenes):
+        name = f"{split}{n}.png"
+        Image.fromarray(np.full((H, W, 3), 30 * n, dtype=np.uint8)).save(root / "images" / name)
+        pan, segments = scene(k)
+        Image.fromarray(id2rgb(pan)).save(root / "panoptic" / name)
+        images.append({"id": first_id + n, "file_name": name, "height": H, "width": W})
+        annotations.append({"image_id": first_id + n, "file_name": name, "segments_info": segments})
+    categories = [{"id": i, "name": f"raw name {i}", "isthing": int(t)} for i, t in zip(IDS, IS_THING)]
+    with open(root / f"panoptic_{split}.json", "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return [str(root / "images"), str(root / "panoptic"), str(root / f"panoptic_{split}.json")]
+
+
+def test_two_splits_sharing_one_panoptic_folder_are_each_scored_against_their_own_instances(tmp_path, cfg):
+    """train: scene 1 twice (one rabbit each); val: scenes 0 and 1 (2 + 1 rabbits); image ids
+    from 0 in both JSONs, all PNGs in one panoptic/ folder, derived files in the default place.
+    The val AP is computed against the val split's own things (it was scored against the train
+    split's, with no error)."""
+    root = tmp_path / "toys"
+    register_panoptic_dataset("toys_train", CLASSES, IS_THING, *write_split(root, "train", [1, 1], 0))
+    register_panoptic_dataset("toys_val", CLASSES, IS_THING, *write_split(root, "val", [0, 1], 0))
+    # val0's first rabbit and val1's rabbit found exactly, val0's second rabbit missed: two
+    # true positives of three, no false positive. COCO's 101 recall points 0.00 .. 0.66 have
+    # precision 1, the rest 0, at every IoU threshold: AP = 67 / 101.
+    records = DatasetCatalog.get("toys_val")
+    evaluator = build_evaluator(cfg, "toys_val")
+    predicted = []
+    for r in records:
+        pan = rgb2id_of(r["pan_seg_file_name"])
+        rabbits = [pan == s["id"] for s in r["segments_info"] if s["isthing"]]
+        predicted.append(instances_from_masks(rabbits[:1], [0], [1.0]))
+    labels = [np.asarray(Image.open(r["sem_seg_file_name"])).astype(np.int64) for r in records]
+    outputs = [{**p, **as_scores(s, num_classes=3), **i}
+               for p, s, i in zip(panoptic_outputs(records), labels, predicted)]
+    results = evaluate(evaluator, records, outputs)
+    assert results["segm"]["AP"] == pytest.approx(100 * 67 / 101)
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100)
+
+    # Each split's derived files in a folder of its own, beside the panoptic PNGs.
+    train_json = MetadataCatalog.get("toys_train").json_file
+    val_json = MetadataCatalog.get("toys_val").json_file
+    assert train_json != val_json
+    assert os.path.dirname(os.path.dirname(val_json)) == str(root / "panoptic") + "_maskclip"
+    with open(val_json) as f:
+        val_things = json.load(f)["annotations"]
+    assert sorted((a["image_id"], a["area"]) for a in val_things) == [
+        (0, 8 * 8), (0, 8 * 12), (1, 14 * 12)]
+
+
+def rgb2id_of(path):
+    pan = np.asarray(Image.open(path)).astype(np.uint32)
+    return pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]
+
+
+def test_derived_files_follow_an_edited_json_or_class_list(tmp_path):
+    root = tmp_path / "toys"
+    args = write_split(root, "val", [0], 200)
+    register_panoptic_dataset("toys_val", CLASSES, IS_THING, *args)
+    first = MetadataCatalog.get("toys_val").json_file
+    with open(first) as f:
+        assert len(json.load(f)["annotations"]) == 2  # two rabbits
+
+    # The user marks "sky" a thing: sky instances appear, in another folder.
+    register_panoptic_dataset("toys_val", CLASSES, [True, True, False], *args)
+    with open(MetadataCatalog.get("toys_val").json_file) as f:
+        assert sorted(a["category_id"] for a in json.load(f)["annotations"]) == [7, 7, 11]
+
+    # The user edits the JSON (drops a rabbit): derived again, the first files left as they were.
+    with open(args[2]) as f:
+        info = json.load(f)
+    info["annotations"][0]["segments_info"] = info["annotations"][0]["segments_info"][:3]
+    with open(args[2], "w") as f:
+        json.dump(info, f)
+    register_panoptic_dataset("toys_val", CLASSES, IS_THING, *args)
+    edited = MetadataCatalog.get("toys_val").json_file
+    assert edited != first and os.path.isfile(first)
+    with open(edited) as f:
+        assert len(json.load(f)["annotations"]) == 1
+    assert not [n for n in os.listdir(os.path.dirname(os.path.dirname(edited))) if "partial" in n]

@@ -39,11 +39,12 @@ def _photo(folder, name, array=None, mode=None, fmt="PNG", suffix=".png"):
 
 
 def _check_outputs(out, stem, size, tasks):
-    """One PNG per task of the input's size, one JSON with segments from the vocabulary."""
+    """One PNG per task: the input's width (inputs of DRAW_MIN_SIZE and more are drawn at
+    their size) with a legend below; one JSON with segments from the vocabulary."""
     for task in tasks:
-        png = os.path.join(out, f"{stem}_{task}.png" if len(tasks) > 1 else f"{stem}.png")
+        png = os.path.join(out, f"{stem}_{task}.png")
         with Image.open(png) as drawn:
-            assert drawn.size == size and drawn.mode == "RGB"
+            assert drawn.size[0] == size[0] and drawn.size[1] > size[1] and drawn.mode == "RGB"
     with open(os.path.join(out, f"{stem}.json")) as f:
         record = json.load(f)
     assert record["vocabulary"] == CLASSES
@@ -69,7 +70,7 @@ def test_demo_on_photographs_writes_png_and_json_per_image(tmp_path, capsys):
         _check_outputs(str(out), stem, size, ["semantic", "panoptic", "instance"])
     assert sorted(os.listdir(out)) == sorted(
         [f"{s}_{t}.png" for s in sizes for t in ("semantic", "panoptic", "instance")]
-        + [f"{s}.json" for s in sizes]
+        + [f"{s}.json" for s in sizes] + ["demo_run.json"]
     )
     printed = capsys.readouterr().out
     assert "RANDOM CLIP weights" in printed
@@ -177,8 +178,8 @@ def test_same_stem_inputs_get_their_own_results_and_repeated_tasks_run_once(tmp_
                     "--vocab", VOCAB, "--task", "semantic,semantic"])
     assert rc == 0
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == ["a/photo_jpg.json", "a/photo_jpg.png", "a/photo_png.json", "a/photo_png.png",
-                       "b/photo.json", "b/photo.png"]
+    assert written == ["a/photo_jpg.json", "a/photo_jpg_semantic.png", "a/photo_png.json",
+                       "a/photo_png_semantic.png", "b/photo.json", "b/photo_semantic.png", "demo_run.json"]
     for stem, source in zip(["a/photo_jpg", "a/photo_png", "b/photo"], inputs):
         with open(out / f"{stem}.json") as f:
             record = json.load(f)
@@ -193,12 +194,13 @@ def test_results_that_would_replace_an_input_are_refused_before_the_model_loads(
     original = pic.read_bytes()
     # Loading this model would fail (no such CLIP file): the refusal must come first.
     never_loads = ["--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]
-    for output in (str(folder), str(pic)):
+    for output, message in ((str(folder), f"--output {folder} is not empty"),
+                            (str(pic), f"would replace the input {pic}")):
         rc = demo.main(["--config-file", TINY, "--input", str(folder), "--output", output,
                         "--vocab", VOCAB, "--task", "semantic", *never_loads])
         assert rc == 2
         err = capsys.readouterr().err
-        assert f"would replace the input {pic}" in err and err.startswith("error:")
+        assert message in err and err.startswith("error:")
         assert pic.read_bytes() == original and sorted(os.listdir(folder)) == ["pic.png"]
 
 
@@ -275,3 +277,59 @@ def test_one_output_file_and_several_tasks_give_a_file_per_task(tmp_path):
                     "--vocab", VOCAB, "--task", "semantic,panoptic"])
     assert rc == 0
     assert sorted(os.listdir(tmp_path)) == ["pic.png", "res.json", "res_panoptic.png", "res_semantic.png"]
+
+
+# ---- runs never mix: a used --output is refused unless --overwrite -------------------------
+def test_a_second_run_into_a_used_folder_is_refused_unless_overwrite_which_replaces_only_its_results(
+        tmp_path, capsys):
+    pics = [_small_photo(tmp_path / "in" / "one.png"), _small_photo(tmp_path / "in" / "two.png", "chelsea")]
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--output", str(out), "--vocab", VOCAB]
+    assert demo.main([*common, "--input", *map(str, pics), "--task", "panoptic,semantic"]) == 0
+    first = sorted(os.listdir(out))
+    assert first == ["demo_run.json", "one.json", "one_panoptic.png", "one_semantic.png",
+                     "two.json", "two_panoptic.png", "two_semantic.png"]
+    (out / "notes.txt").write_text("the user's own file")
+    before = {n: (out / n).read_bytes() for n in first}
+    capsys.readouterr()
+
+    # Refused before the model loads (it could not: no such CLIP file); nothing changed.
+    assert demo.main([*common, "--input", str(pics[0]), "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output {out} is not empty") and "--overwrite" in err
+    assert {n: (out / n).read_bytes() for n in first} == before
+
+    # --overwrite: the first run's results are gone, the user's file kept; one task is named
+    # like several (<stem>_<task>.png).
+    assert demo.main([*common, "--input", str(pics[0]), "--task", "panoptic", "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["demo_run.json", "notes.txt", "one.json", "one_panoptic.png"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    with open(out / "demo_run.json") as f:
+        assert json.load(f)["written"] == ["one_panoptic.png", "one.json"]
+
+
+def test_one_png_output_for_several_inputs_is_refused_saying_why(tmp_path, capsys):
+    pics = [_small_photo(tmp_path / "in" / f"p{k}.png") for k in range(3)]
+    rc = demo.main(["--config-file", TINY, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "x.png"),
+                    "--vocab", VOCAB, "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2 and len(pics) == 3
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path / 'x.png'} names one PNG file" in err and "there are 3 inputs" in err
+    assert "is a file" not in err and not (tmp_path / "x.png").exists()
+
+
+def test_help_says_what_runs_without_input_and_where_results_go(capsys):
+    help_text = " ".join(demo.get_parser().format_help().split())
+    assert "default: scikit-image's photographs astronaut, coffee, chelsea, rocket" in help_text
+    assert "written to OUTPUT/inputs/" in help_text
+    assert "(default: output/demo_results)" in help_text and "--overwrite" in help_text
+
+
+def test_result_lines_are_not_mixed_with_a_progress_bar_when_piped(tmp_path, capsys):
+    pics = [_small_photo(tmp_path / "in" / f"p{k}.png") for k in range(2)]
+    assert demo.main(["--config-file", TINY, "--input", *map(str, pics), "--output", str(tmp_path / "out"),
+                      "--vocab", VOCAB, "--task", "semantic"]) == 0
+    captured = capsys.readouterr()  # not a terminal, as in a pipe
+    assert "img/s" not in captured.err and "images:" not in captured.err
+    assert [line.split(":")[0] for line in captured.out.splitlines() if ": semantic:" in line] == list(map(str, pics))
+    assert demo.plural(1, "segment") == "1 segment" and demo.plural(2, "segment") == "2 segments"

@@ -105,7 +105,7 @@ def test_predictor_and_demo_run_over_an_openclip_tower(tmp_path, openclip_opts, 
         record = json.load(f)
     assert record["vocabulary"] == ["cup", "table"]
     assert sum(s["area"] for s in record["semantic"]) == 600 * 400
-    assert os.path.exists(out / "coffee.png")
+    assert os.path.exists(out / "coffee_semantic.png")
 
 
 def test_meta_architecture_checks_the_openclip_tower_at_build_time(tmp_path, openclip_opts, caplog):

@@ -118,6 +118,24 @@ def test_stage2_training_changes_the_rma_outputs(study):
     assert not torch.allclose(features[True], features[False], atol=1e-3)
 
 
+def test_the_rma_config_loads_the_model_from_where_make_demo_trains_it(study, tmp_path, monkeypatch):
+    """After ``make demo`` (the study in .cache/synthetic_world_ci), the config alone loads
+    the trained model, from the repository root, and segments a demo scene with the stuff
+    classes merged and every segment named."""
+    from maskclip_d2 import Predictor
+
+    out, _ = study
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "synthetic_world_ci").symlink_to(out.resolve())
+    monkeypatch.chdir(tmp_path)  # stands for the repository root after `make demo`
+    predictor = Predictor(str(REPO / "configs/synthetic/maskclip_rma.yaml"))
+    stuff = [c.name for c in CONCEPTS if not c.isthing]
+    scene = sorted((out / "demo_inputs").glob("*.png"))[0]
+    seg, segments = predictor(str(scene), stuff=stuff, task="panoptic")["panoptic_seg"]
+    assert segments and all(s["class"] == predictor.vocabulary[s["category_id"]] for s in segments)
+    assert all(s["isthing"] == (s["class"] not in stuff) for s in segments)
+
+
 def test_study_refuses_to_write_into_a_used_folder(tmp_path):
     import importlib.util
 

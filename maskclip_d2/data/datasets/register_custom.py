@@ -10,16 +10,20 @@ then ``DATASETS.TEST '("my_panoptic_val",)'`` in ``train_net.py``. A panoptic da
 evaluated on all three tasks, as the paper's: PQ (``COCOPanopticEvaluator``), mIoU
 (``SemSegEvaluator``, against semantic PNGs) and mask AP of the things
 (``PanopticThingsCOCOEvaluator``, against a COCO instances JSON). When ``sem_seg_root`` /
-``instances_json`` are not given, both are derived once from the panoptic PNGs into
-``derived_root`` (written whole or not at all; never over the inputs).
+``instances_json`` are not given, both are derived once from the panoptic PNGs into a folder
+of ``derived_root`` keyed to their source (``<json stem>-<hash of the JSON and the class
+list>``): two splits sharing one panoptic folder each get their own, and an edited JSON or
+class list is derived again. Written whole or not at all; never over the inputs.
 
 Formats: COCO panoptic (a JSON with ``images``, ``annotations`` whose ``segments_info``
 carry dataset ``category_id``\\ s, and ``categories``; PNGs whose RGB encodes segment ids,
 ``panopticapi.utils.id2rgb``), Detectron2 semantic PNGs (one uint8 class index per pixel, 255
 void), COCO instances JSON.
 """
+import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -125,6 +129,40 @@ def derive_semantic_and_instances(panoptic_json, panoptic_root, categories, sem_
         }, instances_json)
 
 
+def derived_folder(derived_root, panoptic_json, categories):
+    """The folder of ``derived_root`` whose files are derived from ``panoptic_json`` with
+    ``categories``: ``<json stem>-<12 hex digits>``, a SHA-256 of the JSON's bytes and of the
+    class list (dataset id, name, thing or stuff of each class, in order). Any change to either
+    names another folder, so derived files are never used with a source they do not match."""
+    digest = hashlib.sha256()
+    with open(panoptic_json, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps(
+        [[c["id"], c["name"], int(c["isthing"])] for c in categories]).encode("utf-8"))
+    stem = os.path.splitext(os.path.basename(panoptic_json))[0]
+    return os.path.join(derived_root, f"{stem}-{digest.hexdigest()[:12]}")
+
+
+def _derive_once(panoptic_json, panoptic_root, categories, folder):
+    """``folder/semantic`` and ``folder/instances.json``, derived into a temporary folder that
+    is renamed to ``folder`` once complete: ``folder`` exists only whole."""
+    if os.path.isdir(folder):
+        return
+    tmp = f"{folder}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        derive_semantic_and_instances(panoptic_json, panoptic_root, categories,
+                                      os.path.join(tmp, "semantic"), os.path.join(tmp, "instances.json"))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not os.path.isdir(folder):  # another process finishing first is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def register_panoptic_dataset(
     name, class_names, is_thing, image_root, panoptic_root, panoptic_json,
     sem_seg_root=None, instances_json=None, category_ids=None, derived_root=None,
@@ -139,13 +177,14 @@ def register_panoptic_dataset(
         panoptic_root (str): the panoptic PNGs, named as ``annotations[].file_name``.
         panoptic_json (str): the COCO panoptic JSON.
         sem_seg_root (str | None): semantic PNGs (contiguous ids, 255 void) for mIoU; None:
-            derived into ``derived_root``.
+            derived (see ``derived_root``).
         instances_json (str | None): COCO instances JSON of the things, for mask AP; None:
-            derived into ``derived_root``.
+            derived (see ``derived_root``).
         category_ids (list[int] | None): the dataset id of each class name; None: the ids of
             the JSON's ``categories`` in increasing order.
-        derived_root (str | None): where derived files go; default
-            ``<panoptic_root>_maskclip`` beside the panoptic PNGs.
+        derived_root (str | None): where derived files go, each source in its own folder
+            ``<json stem>-<hash>`` (``derived_folder``); default ``<panoptic_root>_maskclip``
+            beside the panoptic PNGs.
     """
     _require([("image folder", image_root), ("panoptic PNG folder", panoptic_root),
               ("panoptic JSON", panoptic_json)])
@@ -154,13 +193,10 @@ def register_panoptic_dataset(
     categories = _categories(class_names, is_thing, category_ids)
     derived_root = derived_root or os.path.normpath(panoptic_root) + "_maskclip"
     if sem_seg_root is None or instances_json is None:
-        derive_semantic_and_instances(
-            panoptic_json, panoptic_root, categories,
-            sem_seg_root or os.path.join(derived_root, "semantic"),
-            instances_json or os.path.join(derived_root, "instances.json"),
-        )
-        sem_seg_root = sem_seg_root or os.path.join(derived_root, "semantic")
-        instances_json = instances_json or os.path.join(derived_root, "instances.json")
+        folder = derived_folder(derived_root, panoptic_json, categories)
+        _derive_once(panoptic_json, panoptic_root, categories, folder)
+        sem_seg_root = sem_seg_root or os.path.join(folder, "semantic")
+        instances_json = instances_json or os.path.join(folder, "instances.json")
     _require([("semantic PNG folder", sem_seg_root), ("instances JSON", instances_json)])
 
     def load():
