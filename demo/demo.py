@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
 from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary  # noqa: E402
+from maskclip_d2.mask_files import mask_file_paths  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
 from maskclip_d2.predictor import (  # noqa: E402
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
@@ -79,6 +80,12 @@ def get_parser():
     parser.add_argument(
         "--max-image-size", type=int, default=4096,
         help="larger images are scaled down to this longest side before anything else",
+    )
+    parser.add_argument(
+        "--save-masks", action="store_true",
+        help="also write the segmentations beside the pictures: <name>.panoptic.png + .json "
+        "(COCO panoptic), <name>.semantic.png (class per pixel), <name>.instances.json (COCO "
+        "results, RLE) and categories.json (maskclip_d2.mask_files); before --confidence-threshold",
     )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
@@ -157,6 +164,17 @@ def plan_outputs(args, inputs, tasks):
                     f"{sources[os.path.realpath(out)]}: choose another --output folder"
                 )
     return plan
+
+
+def check_no_mask_files(plan, tasks):
+    """--save-masks never replaces a file: ValueError naming the first that exists."""
+    keys = [TASKS[task] for task in tasks]
+    for pngs, json_path in plan.values():
+        base = os.path.splitext(json_path)[0]
+        for path in mask_file_paths(os.path.dirname(base), os.path.basename(base), keys):
+            if os.path.lexists(path):
+                raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
+                                 "choose another --output folder or remove it")
 
 
 def check_writable(folders):
@@ -252,6 +270,8 @@ def main(argv=None):
             raise ValueError("--input matched no image")
         plan = plan_outputs(args, inputs, tasks)
         check_writable(os.path.dirname(p) for pngs, json_path in plan.values() for p in pngs + [json_path])
+        if args.save_masks:
+            check_no_mask_files(plan, tasks)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -290,8 +310,12 @@ def main(argv=None):
             size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
             note = f" (scaled down to {size[0]}x{size[1]})"
-        _, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
+        outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
         pngs, json_path = plan[path]
+        if args.save_masks:
+            base = os.path.splitext(json_path)[0]
+            predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
+                                 image_id=os.path.basename(base))
         for task, png in zip(tasks, pngs):
             with atomic_write(png) as tmp:
                 Image.fromarray(drawn[task]).save(tmp, format="PNG")

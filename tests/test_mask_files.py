@@ -193,3 +193,39 @@ def test_a_folder_of_mask_files_scores_as_the_outputs(tmp_path):
 
 def stem(path):
     return os.path.splitext(os.path.basename(path))[0]
+
+
+# ---- demo/demo.py --save-masks -------------------------------------------------------------
+def test_demo_writes_mask_files_beside_its_pictures_and_never_replaces_them(tmp_path, capsys):
+    from test_demo import VOCAB, _photo, demo
+
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    photo = skimage.data.coffee()[::4, ::4]
+    _photo(str(inputs), "coffee", array=photo)
+    out = tmp_path / "out"
+    argv = ["--config-file", TINY, "--input", str(inputs), "--output", str(out), "--vocab", VOCAB,
+            "--stuff", "sky; grass", "--task", "all", "--save-masks"]
+    torch.manual_seed(0)
+    assert demo.main(argv) == 0
+    assert sorted(os.listdir(out)) == sorted(
+        ["coffee.json", "coffee_semantic.png", "coffee_panoptic.png", "coffee_instance.png",
+         "coffee.panoptic.png", "coffee.panoptic.json", "coffee.semantic.png",
+         "coffee.instances.json", CATEGORIES_FILE])
+    # the same model (same seed) through the Python API gives what the files hold
+    torch.manual_seed(0)
+    expected = Predictor(TINY)(photo, vocabulary=CLASSES, stuff=["sky", "grass"], task="all")
+    loaded = load_masks(str(out), "coffee")
+    assert torch.equal(loaded["panoptic_seg"][0], expected["panoptic_seg"][0])
+    assert loaded["panoptic_seg"][1] == expected["panoptic_seg"][1]
+    assert torch.equal(loaded["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
+    assert torch.equal(loaded["instances"].pred_masks, expected["instances"].pred_masks)
+    assert json.loads((out / CATEGORIES_FILE).read_text())["categories"][3] == \
+        {"id": 3, "name": "sky", "isthing": 0}
+
+    # a second run into the same folder is refused before the model loads; nothing changes
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    capsys.readouterr()
+    assert demo.main(argv + ["--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]) == 2
+    assert "coffee.semantic.png exists" in capsys.readouterr().err  # tasks in the order given
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
