@@ -10,7 +10,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from maskclip_d2.predictor import TASKS, Predictor
 
-__all__ = ["VisualizationDemo", "demo_metadata", "kept_results", "segments_json"]
+__all__ = ["VisualizationDemo", "demo_metadata", "draw_outputs", "kept_results", "segments_json"]
 
 
 def demo_metadata(vocabulary: Sequence[str]) -> Metadata:
@@ -69,6 +69,37 @@ def kept_results(outputs: Dict, tasks: Sequence[str], threshold: float) -> Dict:
     return kept
 
 
+def draw_outputs(rgb: np.ndarray, outputs: Dict, vocabulary: Sequence[str], tasks: Sequence[str],
+                 threshold: float):
+    """({task: drawn RGB image}, {task: segments}) of a Predictor's outputs on ``rgb``,
+    segments below ``threshold`` left out (``kept_results``). The same outputs always give the
+    same pictures: the Visualizer's random instance colours come from a fixed seed (NumPy's
+    global random state is restored afterwards)."""
+    metadata = demo_metadata(vocabulary)
+    kept = kept_results(outputs, tasks, threshold)
+    drawn, segments = {}, {}
+    random_state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        for task in tasks:
+            drawn[task], segments[task] = _draw(rgb, kept[task], task, metadata, vocabulary)
+    finally:
+        np.random.set_state(random_state)
+    return drawn, segments
+
+
+def _draw(rgb, kept, task, metadata, vocabulary):
+    """(drawn image, segments) of one task's ``kept_results``."""
+    visualizer = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
+    if task == "panoptic":
+        vis = visualizer.draw_panoptic_seg(*kept)
+    elif task == "instance":
+        vis = visualizer.draw_instance_predictions(kept)
+    else:
+        vis = visualizer.draw_sem_seg(kept)
+    return vis.get_image(), segments_json(task, kept, vocabulary)
+
+
 class VisualizationDemo:
     def __init__(self, predictor: Predictor, confidence_threshold: float = 0.5):
         self.predictor = predictor
@@ -79,17 +110,5 @@ class VisualizationDemo:
         """Returns (outputs, {task: drawn RGB image}, {task: segments}); ``is_thing``: per
         class, thing or stuff (None: all things)."""
         outputs = self.predictor(rgb, vocabulary=vocabulary, task=list(tasks), is_thing=is_thing)
-        metadata = demo_metadata(vocabulary)
-        kept = kept_results(outputs, tasks, self.confidence_threshold)
-        drawn, segments = {}, {}
-        for task in tasks:
-            visualizer = Visualizer(rgb, metadata, instance_mode=ColorMode.IMAGE)
-            if task == "panoptic":
-                vis = visualizer.draw_panoptic_seg(*kept[task])
-            elif task == "instance":
-                vis = visualizer.draw_instance_predictions(kept[task])
-            else:
-                vis = visualizer.draw_sem_seg(kept[task])
-            drawn[task] = vis.get_image()
-            segments[task] = segments_json(task, kept[task], vocabulary)
+        drawn, segments = draw_outputs(rgb, outputs, vocabulary, tasks, self.confidence_threshold)
         return outputs, drawn, segments
