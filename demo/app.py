@@ -146,7 +146,10 @@ class SegmentationApp:
         """(RGB array, notice): the upload read, scaled down when too large."""
         if not path:
             raise ValueError("no image: upload one or pick an example")
-        rgb = read_rgb_image(path)
+        try:
+            rgb = read_rgb_image(path)
+        except ValueError as err:  # named by the upload's name, not the server's path
+            raise ValueError(str(err).replace(path, os.path.basename(path))) from None
         notice = ""
         if max(rgb.shape[:2]) > self.max_image_size:
             scale = self.max_image_size / max(rgb.shape[:2])
@@ -234,10 +237,10 @@ def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
         def preprocess(self, payload):
             try:
                 return super().preprocess(payload)
-            except Exception as err:
+            except Exception:  # PIL's many kinds; its message names a server path: not shown
                 name = getattr(payload, "orig_name", None) or "the upload"
-                return UnreadableUpload(f"{name} is not an image this app can read ({err}): "
-                                        "upload a PNG, JPEG, BMP, GIF, TIFF or WebP file")
+                return UnreadableUpload(f"{name} is not an image this app can read: upload a "
+                                        "PNG, JPEG, BMP, GIF, TIFF or WebP file")
 
     defaults = app.defaults
     with gr.Blocks(title="MaskCLIP open-vocabulary segmentation", analytics_enabled=False,
