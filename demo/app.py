@@ -116,12 +116,9 @@ def legend_html(vocabulary, outputs_segments) -> str:
 
 
 def segments_table(segments):
-    rows = []
-    for task in TASKS:
-        for s in segments.get(task, []):
-            rows.append([task, s["class"], round(float(s.get("score", float("nan"))), 4)
-                         if "score" in s else None, int(s["area"])])
-    return rows
+    """Rows (task, class, score, area) of every task's segments; semantic ones have no score."""
+    return [[task, s["class"], s.get("score"), int(s["area"])]
+            for task in TASKS for s in segments.get(task, [])]
 
 
 class SegmentationApp:
@@ -311,9 +308,11 @@ def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
             return show(state_value, "Post-processed the cached outputs (no model run)", 0.0, sliders)
 
         sliders = [object_mask, overlap, topk, min_score]
-        run.click(on_run, [image, vocabulary, presets, stuff_box, *sliders], outputs)
+        # one queue for every event: a single model serves them all, one request at a time
+        run.click(on_run, [image, vocabulary, presets, stuff_box, *sliders], outputs,
+                  concurrency_id="maskclip")
         for slider in sliders:
-            slider.release(on_slider, [state, *sliders], outputs)
+            slider.release(on_slider, [state, *sliders], outputs, concurrency_id="maskclip")
     page.queue(default_concurrency_limit=1, max_size=32)
     return page
 
