@@ -137,7 +137,7 @@ def requested_urls(driver):
     return urls
 
 
-def expected_rendering(checkpoint, rgb, threshold, **options):
+def expected_rendering(checkpoint, rgb, threshold, vocab=VOCAB, stuff=STUFF, **options):
     """What the page must show: the Predictor's outputs, drawn as demo/demo.py draws them."""
     sys.path.insert(0, os.path.join(ROOT, "demo"))
     from predictor import draw_outputs
@@ -145,8 +145,9 @@ def expected_rendering(checkpoint, rgb, threshold, **options):
     from maskclip_d2 import Predictor
 
     predictor = Predictor(TINY, weights=checkpoint)
-    vocabulary = [c.strip() for c in VOCAB.split(";")]
-    cached = predictor.model_outputs(rgb, vocabulary=vocabulary, stuff=[s.strip() for s in STUFF.split(";")])
+    vocabulary = [c.strip() for c in vocab.split(";")]
+    stuff = [s.strip() for s in stuff.split(";") if s.strip()] or None
+    cached = predictor.model_outputs(rgb, vocabulary=vocabulary, stuff=stuff)
     outputs = predictor.postprocess(cached, task="all", **options)
     drawn, segments = draw_outputs(rgb, outputs, vocabulary, TASKS, threshold)
     return outputs, drawn, segments
@@ -270,6 +271,38 @@ def test_the_app_in_a_browser(server, browser, checkpoint, tmp_path):
     assert any(u.startswith(f"http://127.0.0.1:{port}/") for u in network)  # the log works
     foreign = [u for u in network if not u.startswith((f"http://127.0.0.1:{port}/", f"ws://127.0.0.1:{port}/"))]
     assert not foreign, foreign
+    assert server["network_log"].read_text() == ""
+
+
+def test_two_users_at_once_each_get_their_own_result(server, checkpoint, tmp_path):
+    """Two clients of the page's API at the same time (Gradio's queue), other vocabularies:
+    each segments table is that of its own vocabulary."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    scene = tmp_path / "chelsea.png"
+    rgb = skimage.data.chelsea()[::4, ::4].copy()
+    Image.fromarray(rgb).save(scene)
+    vocabularies = ["cat; sofa; wall", "dog, puppy; floor; grass"]
+    results = {}
+
+    def user(vocab):
+        client = Client(server["url"], verbose=False)
+        results[vocab] = client.predict(handle_file(str(scene)), vocab, [], "", 0.0, 0.5, 100, 0.0,
+                                        api_name="/on_run")
+
+    users = [threading.Thread(target=user, args=(v,)) for v in vocabularies]
+    for u in users:
+        u.start()
+    for u in users:
+        u.join()
+    for vocab in vocabularies:
+        _, _, segments = expected_rendering(checkpoint, rgb, 0.0, vocab=vocab, stuff="",
+                                            object_mask_threshold=0.0)
+        table = results[vocab][-3]  # (pictures, legend, table, zip, status: no State)
+        expected = [[t, s["class"], s.get("score"), s["area"]] for t in TASKS for s in segments[t]]
+        assert table["data"] == expected, vocab
     assert server["network_log"].read_text() == ""
 
 
