@@ -212,6 +212,23 @@ class UnreadableUpload(str):
     """An upload that is not a readable image: the message saying so."""
 
 
+def readable_uploads(preprocess):
+    """gr.Image's ``preprocess``, whose unreadable uploads reach the handler as an
+    ``UnreadableUpload`` (shown in the page, the last result kept) instead of failing the
+    request. (An instance attribute: a gr.Image subclass would make Gradio write a .pyi file
+    beside this script.)"""
+
+    def wrapped(payload):
+        try:
+            return preprocess(payload)
+        except Exception:  # PIL's many kinds; its message names a server path: not shown
+            name = getattr(payload, "orig_name", None) or "the upload"
+            return UnreadableUpload(f"{name} is not an image this app can read: upload a "
+                                    "PNG, JPEG, BMP, GIF, TIFF or WebP file")
+
+    return wrapped
+
+
 # ---- the page --------------------------------------------------------------------------------
 CSS = """
 .legend { display: flex; flex-wrap: wrap; gap: 4px 14px; }
@@ -223,22 +240,6 @@ CSS = """
 def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
     import gradio as gr
 
-    class ImageUpload(gr.Image):
-        """gr.Image whose unreadable uploads reach the handler as an error message (shown in
-        the page, the last result kept) instead of failing the request."""
-
-        @classmethod
-        def get_block_name(cls):
-            return "image"
-
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:  # PIL's many kinds; its message names a server path: not shown
-                name = getattr(payload, "orig_name", None) or "the upload"
-                return UnreadableUpload(f"{name} is not an image this app can read: upload a "
-                                        "PNG, JPEG, BMP, GIF, TIFF or WebP file")
-
     defaults = app.defaults
     with gr.Blocks(title="MaskCLIP open-vocabulary segmentation", analytics_enabled=False,
                    delete_cache=(300, 600)) as page:
@@ -247,8 +248,9 @@ def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(label="Image", type="filepath", sources=["upload", "clipboard"],
-                                    elem_id="image-input")
+                image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"],
+                                 elem_id="image-input")
+                image.preprocess = readable_uploads(image.preprocess)
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples")
             with gr.Column(scale=1):

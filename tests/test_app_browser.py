@@ -313,3 +313,5 @@ def test_the_app_removes_its_temporary_files_at_exit(server):
     process.terminate()
     process.wait(timeout=30)
     assert list(server["tmp"].iterdir()) == [], server["log"].read_text()[-2000:]
+    # and nothing beside its code (Gradio writes .pyi files for component subclasses)
+    assert not os.path.exists(os.path.join(ROOT, "demo", "app.pyi"))
