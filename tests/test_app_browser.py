@@ -5,7 +5,8 @@ Predictor's rendering of the same input; nothing but 127.0.0.1 may be contacted,
 guard, tests/offline_server.py). Screenshots are saved in the test's tmp folder.
 
 Needs ``chromium`` and ``chromium-driver`` (Debian: ``apt-get install -y chromium
-chromium-driver``; .ci/run installs them); skipped without them."""
+chromium-driver``; .ci/run installs them); without them only the browser test is skipped
+(the two-users and clean-up tests talk to the server directly)."""
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from test_demo import ROOT, TINY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="the browser test needs Chromium and its driver: apt-get install -y chromium chromium-driver",
 )
@@ -153,6 +154,7 @@ def expected_rendering(checkpoint, rgb, threshold, vocab=VOCAB, stuff=STUFF, **o
     return outputs, drawn, segments
 
 
+@needs_chromium
 def test_the_app_in_a_browser(server, browser, checkpoint, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
