@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-photos test clean
+.PHONY: setup demo demo-photos app test clean
 
 setup:
 	@bash install/bootstrap.sh
@@ -33,6 +33,12 @@ demo: setup
 demo-photos: setup
 	$(PY) demo/demo.py --config-file configs/tiny/maskclip_tiny.yaml --output output/demo_photos --overwrite \
 		--task all --vocab "person, astronaut; cat; coffee cup; rocket; sky; grass"
+
+# The web app (demo/app.py) on http://127.0.0.1:7860 with the model of `make demo` (trained on
+# first use, as there); APP_ARGS="--host 0.0.0.0 --port 8080" serves it elsewhere.
+APP_ARGS ?=
+app: setup
+	$(PY) demo/app.py $(APP_ARGS)
 
 test: setup
 	MASKCLIP_CLIP_DOWNLOAD=0 $(PY) -m pytest -q tests

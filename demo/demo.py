@@ -37,6 +37,7 @@ from detectron2.utils.logger import setup_logger
 
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
+from maskclip_d2.mask_files import mask_file_paths
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
@@ -97,6 +98,12 @@ def get_parser():
     parser.add_argument(
         "--max-image-size", type=int, default=4096,
         help="larger images are scaled down to this longest side before anything else",
+    )
+    parser.add_argument(
+        "--save-masks", action="store_true",
+        help="also write the segmentations beside the pictures: <name>.panoptic.png + .json "
+        "(COCO panoptic), <name>.semantic.png (class per pixel), <name>.instances.json (COCO "
+        "results, RLE) and categories.json (maskclip_d2.mask_files); before --confidence-threshold",
     )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
@@ -211,6 +218,17 @@ def check_output_free(args, single_file, plan):
         os.remove(record)
 
 
+def check_no_mask_files(plan, tasks):
+    """--save-masks never replaces a file: ValueError naming the first that exists."""
+    keys = [TASKS[task] for task in tasks]
+    for pngs, json_path in plan.values():
+        base = os.path.splitext(json_path)[0]
+        for path in mask_file_paths(os.path.dirname(base), os.path.basename(base), keys):
+            if os.path.lexists(path):
+                raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
+                                 "choose another --output folder or remove it")
+
+
 def check_writable(folders):
     """Create the output folders and check that a file can be written in each; ValueError
     naming the folder and the reason otherwise (before the model loads)."""
@@ -308,6 +326,8 @@ def main(argv=None):
             check_writable([out_dir])
             sample_photos(os.path.join(out_dir, "inputs"))
         check_writable(os.path.dirname(p) for pngs, json_path in plan.values() for p in pngs + [json_path])
+        if args.save_masks:
+            check_no_mask_files(plan, tasks)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -340,6 +360,11 @@ def main(argv=None):
     if not single_file_output:  # before any result: an interrupted run is replaced whole too
         planned = ([] if args.input else list(inputs)) + [
             p for pngs, json_path in plan.values() for p in pngs + [json_path]]
+        if args.save_masks:
+            keys = [TASKS[task] for task in tasks]
+            planned += [p for _, json_path in plan.values()
+                        for p in mask_file_paths(os.path.dirname(json_path),
+                                                 os.path.splitext(os.path.basename(json_path))[0], keys)]
         write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
                            "written": [os.path.relpath(p, out_dir) for p in planned]},
                           os.path.join(out_dir, RUN_RECORD))
@@ -359,8 +384,12 @@ def main(argv=None):
             size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
             note = f" (scaled down to {size[0]}x{size[1]})"
-        _, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
+        outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
         pngs, json_path = plan[path]
+        if args.save_masks:
+            base = os.path.splitext(json_path)[0]
+            predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
+                                 image_id=os.path.basename(base))
         for task, png in zip(tasks, pngs):
             with atomic_write(png) as tmp:
                 Image.fromarray(drawn[task]).save(tmp, format="PNG")

@@ -12,6 +12,7 @@ Detectron2's (``sem_seg``, ``panoptic_seg``, ``instances``), class ids indexing
 Stuff classes (merged into one region in panoptic output, never instances) are named with
 ``stuff=["sky", "grass"]`` or flagged with ``is_thing``; by default every class is a thing.
 """
+import contextlib
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -24,8 +25,9 @@ from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
-from .vocabularies import resolve_vocabulary
+from .mask_files import save_masks
 from .modeling.clip.text_encoder import check_vocabulary
+from .vocabularies import resolve_vocabulary
 
 __all__ = [
     "Predictor", "TASKS", "parse_tasks", "parse_vocabulary", "check_vocabulary", "thing_flags",
@@ -305,22 +307,88 @@ class Predictor:
             segment's dict also has ``"class"``, the vocabulary's name of its ``category_id``.
         """
         tasks = parse_tasks(task)
+        self._update_vocabulary(vocabulary, is_thing, stuff)
+        with self._options(tasks):
+            return self._with_class_names(self.model([self.inputs(image)])[0])
+
+    def _with_class_names(self, outputs: Dict) -> Dict:
+        """Each panoptic segment's dict gets ``"class"``, the vocabulary's name of its
+        ``category_id`` (Detectron2's fields unchanged)."""
+        if "panoptic_seg" in outputs:
+            for segment in outputs["panoptic_seg"][1]:
+                segment["class"] = self.vocabulary[segment["category_id"]]
+        return outputs
+
+    def _update_vocabulary(self, vocabulary, is_thing, stuff) -> None:
         if vocabulary is not None:
             self.set_vocabulary(vocabulary, is_thing=is_thing, stuff=stuff)
         elif is_thing is not None or stuff is not None:
             self.set_vocabulary(self.vocabulary, is_thing=is_thing, stuff=stuff)
-        inputs = self.inputs(image)
+
+    @contextlib.contextmanager
+    def _options(self, tasks: Sequence[str], **options):
+        """The model's tasks and post-processing ``options`` (its attributes:
+        ``object_mask_threshold``, ``overlap_threshold``, ``detections_per_image``) changed
+        inside the block only."""
         model = self.model
-        flags = (model.semantic_on, model.panoptic_on, model.instance_on)
-        model.semantic_on, model.panoptic_on, model.instance_on = (
-            "semantic" in tasks, "panoptic" in tasks, "instance" in tasks
-        )
+        values = {"semantic_on": "semantic" in tasks, "panoptic_on": "panoptic" in tasks,
+                  "instance_on": "instance" in tasks}
+        for name, value in options.items():
+            if value is not None:
+                if not hasattr(model, name):
+                    raise ValueError(f"unknown post-processing option {name!r}")
+                values[name] = value
+        saved = {name: getattr(model, name) for name in values}
         try:
-            outputs = model([inputs])[0]
+            for name, value in values.items():
+                setattr(model, name, value)
+            yield
         finally:
-            model.semantic_on, model.panoptic_on, model.instance_on = flags
-        if "panoptic_seg" in outputs:
-            names = self.vocabulary
-            for segment in outputs["panoptic_seg"][1]:
-                segment["class"] = names[segment["category_id"]]
-        return outputs
+            for name, value in saved.items():
+                setattr(model, name, value)
+
+    @torch.no_grad()
+    def model_outputs(
+        self,
+        image,
+        vocabulary: Optional[Sequence[str]] = None,
+        is_thing: Optional[Sequence[bool]] = None,
+        stuff: Optional[Sequence[str]] = None,
+    ) -> Dict:
+        """The model's outputs before post-processing (``MaskCLIP.predict``), with what
+        ``postprocess`` needs to finish them: keep it to post-process again with other
+        thresholds without running the model. Arguments as for ``__call__``."""
+        self._update_vocabulary(vocabulary, is_thing, stuff)
+        model = self.model
+        model.text_encoder.check_no_object(model.vocabulary)
+        inputs = self.inputs(image)
+        predictions = model.predict([inputs], model.text_encoder.encode_vocabulary(model.vocabulary))
+        return {"inputs": inputs, "predictions": predictions,
+                "vocabulary": self.vocabulary, "is_thing": self.is_thing}
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        cached: Dict,
+        task: Union[None, str, Sequence[str]] = None,
+        object_mask_threshold: Optional[float] = None,
+        overlap_threshold: Optional[float] = None,
+        detections_per_image: Optional[int] = None,
+    ) -> Dict:
+        """Detectron2's outputs from ``model_outputs``' result, as ``__call__`` returns them
+        for the same image and vocabulary; thresholds given here replace the config's
+        (``MODEL.MASKCLIP.TEST.OBJECT_MASK_THRESHOLD``, ``...OVERLAP_THRESHOLD``,
+        ``TEST.DETECTIONS_PER_IMAGE``) for this call."""
+        tasks = parse_tasks(task)
+        if cached["vocabulary"] != self.vocabulary or cached["is_thing"] != self.is_thing:
+            self.set_vocabulary(cached["vocabulary"], is_thing=cached["is_thing"])
+        with self._options(tasks, object_mask_threshold=object_mask_threshold,
+                           overlap_threshold=overlap_threshold,
+                           detections_per_image=detections_per_image):
+            return self._with_class_names(self.model.inference([cached["inputs"]], cached["predictions"])[0])
+
+    def save_masks(self, outputs: Dict, folder: str, stem: str, image_id=None) -> List[str]:
+        """Writes ``outputs`` (this predictor's, for its current vocabulary) as mask files
+        ``folder/<stem>.panoptic.png`` ... and ``folder/categories.json``; see
+        ``maskclip_d2.mask_files``. Never replaces a file; returns the paths written."""
+        return save_masks(outputs, folder, stem, self.vocabulary, self.is_thing, image_id)

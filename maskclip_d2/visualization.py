@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from maskclip_d2.predictor import TASKS, Predictor
 
 __all__ = [
+    "draw_outputs",
     "VisualizationDemo", "demo_metadata", "kept_results", "segments_json", "class_colors",
     "enlarged", "draw_legend", "DISTINCT_COLORS", "DRAW_MIN_SIZE",
 ]
@@ -193,6 +194,42 @@ def _classes_drawn(task: str, result) -> List[int]:
     return sorted(torch.unique(result).tolist())
 
 
+def draw_outputs(rgb: np.ndarray, outputs: Dict, vocabulary: Sequence[str], tasks: Sequence[str],
+                 threshold: float, side_by_side: bool = False, draw_min_size: int = DRAW_MIN_SIZE):
+    """({task: drawn RGB image}, {task: segments}) of a Predictor's outputs on ``rgb``, segments
+    below ``threshold`` left out (``kept_results``). Segments (areas, boxes) are at the input's
+    resolution; inputs whose longest side is under ``draw_min_size`` are drawn enlarged by a
+    whole factor (nearest neighbour), with a legend; ``side_by_side`` draws the input left of
+    the result. The same outputs always give the same pictures (NumPy's global random state,
+    which the Visualizer may draw from, is seeded and restored)."""
+    metadata = demo_metadata(vocabulary)
+    kept = kept_results(outputs, tasks, threshold)
+    factor = max(1, draw_min_size // max(rgb.shape[:2]))
+    big = rgb.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else rgb
+    drawn, segments = {}, {}
+    random_state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        for task in tasks:
+            visualizer = _ClassColorVisualizer(big, metadata)
+            result = enlarged(task, kept[task], factor)
+            if task == "panoptic":
+                vis = visualizer.draw_panoptic_seg(*result)
+            elif task == "instance":
+                vis = visualizer.draw_instance_predictions(result)
+            else:
+                vis = visualizer.draw_sem_seg(result)
+            picture = vis.get_image()
+            if side_by_side:
+                picture = np.concatenate([big, np.full((big.shape[0], 8, 3), 255, np.uint8), picture], axis=1)
+            drawn[task] = draw_legend(picture, _classes_drawn(task, kept[task]),
+                                      metadata.stuff_classes, metadata.stuff_colors)
+            segments[task] = segments_json(task, kept[task], vocabulary)
+    finally:
+        np.random.set_state(random_state)
+    return drawn, segments
+
+
 class VisualizationDemo:
     def __init__(self, predictor: Predictor, confidence_threshold: float = 0.5,
                  side_by_side: bool = False, draw_min_size: int = DRAW_MIN_SIZE):
@@ -210,27 +247,8 @@ class VisualizationDemo:
     def run_on_image(self, rgb: np.ndarray, vocabulary: Sequence[str], tasks: Sequence[str],
                      is_thing: Optional[Sequence[bool]] = None):
         """Returns (outputs, {task: drawn RGB image}, {task: segments}); ``is_thing``: per
-        class, thing or stuff (None: all things). Segments (areas, boxes) are at the input's
-        resolution; the pictures ``factor`` times larger for small inputs, with a legend."""
+        class, thing or stuff (None: all things). See ``draw_outputs``."""
         outputs = self.predictor(rgb, vocabulary=vocabulary, task=list(tasks), is_thing=is_thing)
-        metadata = demo_metadata(vocabulary)
-        kept = kept_results(outputs, tasks, self.confidence_threshold)
-        factor = max(1, self.draw_min_size // max(rgb.shape[:2]))
-        big = rgb.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else rgb
-        drawn, segments = {}, {}
-        for task in tasks:
-            visualizer = _ClassColorVisualizer(big, metadata)
-            result = enlarged(task, kept[task], factor)
-            if task == "panoptic":
-                vis = visualizer.draw_panoptic_seg(*result)
-            elif task == "instance":
-                vis = visualizer.draw_instance_predictions(result)
-            else:
-                vis = visualizer.draw_sem_seg(result)
-            picture = vis.get_image()
-            if self.side_by_side:
-                picture = np.concatenate([big, np.full((big.shape[0], 8, 3), 255, np.uint8), picture], axis=1)
-            drawn[task] = draw_legend(picture, _classes_drawn(task, kept[task]),
-                                      metadata.stuff_classes, metadata.stuff_colors)
-            segments[task] = segments_json(task, kept[task], vocabulary)
+        drawn, segments = draw_outputs(rgb, outputs, vocabulary, tasks, self.confidence_threshold,
+                                       self.side_by_side, self.draw_min_size)
         return outputs, drawn, segments

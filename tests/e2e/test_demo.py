@@ -2,7 +2,6 @@
 
 The demo runs in-process (its ``main(argv)``), so each case costs one tiny model build.
 """
-import importlib.util
 import json
 import os
 
@@ -13,29 +12,11 @@ from PIL import Image
 
 from maskclip_d2 import Predictor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(ROOT, "configs", "tiny", "maskclip_tiny.yaml")
-VOCAB = "person, astronaut; cat; coffee cup; sky; grass"
-CLASSES = ["person, astronaut", "cat", "coffee cup", "sky", "grass"]
+from helpers.photos import CLASSES, TINY, VOCAB
+from helpers.photos import photo_file as _photo
+from helpers.scripts import load_script
 
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("maskclip_demo", os.path.join(ROOT, "demo", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
-
-
-def _photo(folder, name, array=None, mode=None, fmt="PNG", suffix=".png"):
-    image = Image.fromarray(getattr(skimage.data, name)() if array is None else array)
-    if mode:
-        image = image.convert(mode)
-    path = os.path.join(folder, name + suffix)
-    image.save(path, format=fmt)
-    return path
+demo = load_script("demo/demo.py")
 
 
 def _check_outputs(out, stem, size, tasks):
