@@ -7,7 +7,7 @@ For an image saved as ``stem`` in ``folder`` (each file only when its output was
     folder/<stem>.panoptic.png      COCO panoptic PNG: segment id as RGB (panopticapi's id2rgb),
                                     0 = void
     folder/<stem>.panoptic.json     {"file_name", "image_id", "segments_info": [{"id",
-                                    "category_id", "isthing", "score", "area", "iscrowd"}]}
+                                    "category_id", "isthing", "score", "area", "iscrowd"[, "class"]}]}
     folder/<stem>.semantic.png      class index per pixel (the argmax of ``sem_seg``): uint8,
                                     uint16 when there are more than 255 classes;
                                     255 / 65535 = unlabeled
@@ -129,7 +129,8 @@ def write_panoptic(png_path: str, json_path: str, panoptic_seg, segments_info: S
         raise ValueError(f"panoptic_seg must be (H, W) ids in [0, 2^24), got shape {ids.shape}")
     segments = [
         {"id": int(s["id"]), "category_id": int(s["category_id"]), "isthing": bool(s["isthing"]),
-         "score": float(s["score"]), "area": int(s["area"]), "iscrowd": 0}
+         "score": float(s["score"]), "area": int(s["area"]), "iscrowd": 0,
+         **({"class": s["class"]} if "class" in s else {})}
         for s in segments_info
     ]
     record = {"file_name": os.path.basename(png_path), "image_id": image_id, "segments_info": segments}

@@ -160,7 +160,7 @@ def test_no_script_imports_another_or_extends_sys_path_beyond_the_repository():
     assert offenders == []
 
 
-MACHINE_PATHS = re.compile(r"(?<![\w.])/(work|root|home/[a-z_][\w-]*|Users/\w+|mnt/\w+)/|\b[\w-]+\.lock\b")
+MACHINE_PATHS = re.compile(r"(?<![\w.])/(work|root|home/[a-z_][\w-]*|Users/\w+|mnt/\w+)/|/[\w.-]+\.lock\b|\bflock\b")
 
 
 def tracked_text_files() -> List[Path]:
@@ -176,6 +176,7 @@ def test_no_tracked_file_names_a_path_of_one_particular_machine():
     assert MACHINE_PATHS.search("flock /work/bigrun.lock python x.py")
     assert MACHINE_PATHS.search("cache in /home/alice/.cache")
     assert not MACHINE_PATHS.search("~/.cache/clip and datasets/coco/panoptic")
+    assert not MACHINE_PATHS.search("with self.lock:")
     this_file = Path(__file__).resolve()
     hits = []
     for path in tracked_text_files():

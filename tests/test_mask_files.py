@@ -215,7 +215,7 @@ def test_demo_writes_mask_files_beside_its_pictures_and_never_replaces_them(tmp_
     assert sorted(os.listdir(out)) == sorted(
         ["coffee.json", "coffee_semantic.png", "coffee_panoptic.png", "coffee_instance.png",
          "coffee.panoptic.png", "coffee.panoptic.json", "coffee.semantic.png",
-         "coffee.instances.json", CATEGORIES_FILE])
+         "coffee.instances.json", CATEGORIES_FILE, "demo_run.json"])
     # the same model (same seed) through the Python API gives what the files hold
     torch.manual_seed(0)
     expected = Predictor(TINY)(photo, vocabulary=CLASSES, stuff=["sky", "grass"], task="all")
@@ -231,5 +231,14 @@ def test_demo_writes_mask_files_beside_its_pictures_and_never_replaces_them(tmp_
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
     capsys.readouterr()
     assert demo.main(argv + ["--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]) == 2
-    assert "coffee.semantic.png exists" in capsys.readouterr().err  # tasks in the order given
+    assert "is not empty" in capsys.readouterr().err
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+    # --overwrite replaces the earlier run's files, mask files included (the run record lists
+    # them), and keeps the user's own
+    (out / "notes.txt").write_text("mine")
+    (out / "coffee.semantic.png").write_bytes(b"stale")
+    torch.manual_seed(0)
+    assert demo.main(argv + ["--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert {f: (out / f).read_bytes() for f in os.listdir(out) if f not in ("notes.txt", "demo_run.json")} == \
+        {f: b for f, b in before.items() if f != "demo_run.json"}

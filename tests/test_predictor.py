@@ -11,7 +11,7 @@ from PIL import Image
 from maskclip_d2 import Predictor, get_maskclip_cfg
 from maskclip_d2.predictor import parse_tasks, read_rgb_image, thing_flags
 
-from test_demo import TINY
+from helpers.photos import TINY
 
 PHOTO = skimage.data.coffee()[:40, :60]  # (40, 60, 3) uint8
 
