@@ -44,6 +44,6 @@ def getaddrinfo(host, *args, **kwargs):
 socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
 
 if __name__ == "__main__":
-    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
+    app = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "demo", "app.py")
     sys.argv = [app, *sys.argv[1:]]
     runpy.run_path(app, run_name="__main__")
