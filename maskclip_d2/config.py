@@ -94,6 +94,9 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS = False
     # Binary masks (ground truth, padding) enter the encoder as logits +-GT_MASK_LOGIT.
     cfg.MODEL.MASKCLIP.GT_MASK_LOGIT = 10.0
+    # Predictor.classify_masks: the most masks of your own classified in one call (all go
+    # through CLIP's image tower at once, each as one more token).
+    cfg.MODEL.MASKCLIP.MAX_GIVEN_MASKS = 256
 
     # Training (stage 2): 2 CE + 5 dice + 5 BCE, Hungarian matching on sampled points.
     cfg.MODEL.MASKCLIP.CLASS_WEIGHT = 2.0

@@ -505,12 +505,7 @@ class MaskCLIP(nn.Module):
                 mask_probs = resize_masks(gt, (height, width), mode="nearest")
                 probs = class_probs[b, : len(gt)]
             else:
-                masks = output_masks[b].float()
-                if padded_size is not None:
-                    # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
-                    masks = resize_masks(masks, padded_size)
-                    masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
-                mask_logits_b = resize_masks(masks, (height, width))
+                mask_logits_b = self.masks_at_output_size(output_masks[b], x, padded_size)
                 if mask_logits_b.untyped_storage().data_ptr() == output_masks.untyped_storage().data_ptr():
                     mask_probs = mask_logits_b.sigmoid()  # the encoder's own tensor: not in place
                 else:
@@ -518,6 +513,18 @@ class MaskCLIP(nn.Module):
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
+
+    def masks_at_output_size(self, masks: torch.Tensor, x: Dict, padded_size=None) -> torch.Tensor:
+        """(M, R, R) mask logits at CLIP's resolution -> (M, height, width) at input ``x``'s
+        output size (float; ``masks`` itself when nothing changes): over the padded batch
+        (``padded_size``), as Mask2Former's sem_seg_postprocess, resized to the padded size and
+        cropped to the image first."""
+        masks = masks.float()
+        if padded_size is not None:
+            masks = resize_masks(masks, padded_size)
+            masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
+        size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
+        return resize_masks(masks, size)
 
     def inference_one(self, class_probs: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
         result = {}
