@@ -93,3 +93,14 @@ class VisualizationDemo:
             drawn[task] = vis.get_image()
             segments[task] = segments_json(task, kept[task], vocabulary)
         return outputs, drawn, segments
+
+    def classify_masks(self, rgb: np.ndarray, masks, vocabulary: Sequence[str],
+                       is_thing: Optional[Sequence[bool]] = None):
+        """Masks of your own named (``Predictor.classify_masks``): returns (Instances, drawn RGB
+        image, segments), every mask drawn with its best class and score, none dropped."""
+        result = self.predictor.classify_masks(rgb, masks, vocabulary=vocabulary, is_thing=is_thing)
+        drawn = Visualizer(rgb, demo_metadata(vocabulary), instance_mode=ColorMode.IMAGE)
+        segments = segments_json("instance", result, vocabulary)
+        for segment, mask_id, scores in zip(segments, result.mask_ids.tolist(), result.class_scores.tolist()):
+            segment.update(mask_id=mask_id, no_object_score=round(scores[-1], 4))
+        return result, drawn.draw_instance_predictions(result).get_image(), segments

@@ -1,10 +1,12 @@
 """Predictor.classify_masks: masks of your own, named by the model exactly as its ground-truth
 mask mode names a dataset's masks; bad masks refused with the reason."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import skimage.data
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -97,3 +99,32 @@ def test_bad_masks_are_refused_naming_what_is_wrong(masks, message):
     with pytest.raises(ValueError, match=message):
         predictor.classify_masks(PHOTO, masks)
     assert not calls
+
+
+def test_demo_names_the_masks_of_a_label_png(tmp_path, capsys):
+    from test_demo import CLASSES, VOCAB, demo
+
+    photo = skimage.data.coffee()  # (400, 600, 3)
+    Image.fromarray(photo).save(tmp_path / "coffee.png")
+    labels = np.zeros(photo.shape[:2], dtype=np.uint8)
+    labels[:200], labels[250:, 100:500] = 1, 2
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(labels).save(tmp_path / "masks" / "coffee.png")
+    out = tmp_path / "out"
+    # a folder of <input name>.png, and a scaled-down image whose masks follow it
+    rc = demo.main(["--config-file", TINY, "--input", str(tmp_path / "coffee.png"), "--output", str(out),
+                    "--vocab", VOCAB, "--masks", str(tmp_path / "masks"), "--max-image-size", "300",
+                    "--opts", "MODEL.MASKCLIP.MODE", "mask_tokens"])
+    assert rc == 0
+    with Image.open(out / "coffee.png") as drawn:
+        assert drawn.size == (300, 200)
+    record = json.loads((out / "coffee.json").read_text())
+    assert [s["mask_id"] for s in record["masks"]] == [1, 2]
+    assert all(s["class"] in CLASSES and 0 <= s["score"] <= 1 for s in record["masks"])
+    assert [s["area"] for s in record["masks"]] == [100 * 300, 75 * 200]  # the given masks, scaled
+
+    # refused before the model loads: a missing masks file for an input
+    (tmp_path / "empty").mkdir()
+    rc = demo.main(["--config-file", TINY, "--input", str(tmp_path / "coffee.png"), "--output", str(out),
+                    "--masks", str(tmp_path / "empty")])
+    assert rc == 2 and f"no coffee.png or coffee.json in {tmp_path / 'empty'}" in capsys.readouterr().err
