@@ -37,6 +37,7 @@ from ..postprocessing import (
     semantic_inference,
 )
 from ..proposals import build_proposal_network
+from ..sam_proposals import check_sam_config
 from ..text_encoder import CLIPTextEncoder, check_vocabulary
 
 __all__ = ["MaskCLIP", "vocabulary_from_metadata", "CLIP_INPUTS", "CLIP_INTERPOLATIONS"]
@@ -238,6 +239,8 @@ class MaskCLIP(nn.Module):
         # the vocabulary first: a misspelled dataset or preset fails before CLIP loads
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             vocabulary_from_metadata(MetadataCatalog.get(name))
+        if mc.PROPOSAL_NETWORK == "sam":  # and a missing SAM checkpoint before CLIP loads
+            check_sam_config(cfg)
         options = cls.inference_options(cfg)
 
         clip_name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
