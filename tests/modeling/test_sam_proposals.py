@@ -141,3 +141,23 @@ def test_generator_defaults_are_sams_and_configs_name_matching_checkpoints():
         assert mc.PROPOSAL_NETWORK == "sam" and generator_kwargs(cfg) == ours
         assert mc.PROPOSAL_WEIGHTS.endswith(SAM_CHECKPOINT_FILES[mc.SAM.MODEL_TYPE])
         assert mc.SAM.MODEL_TYPE in path.name
+
+
+def test_a_checkpoint_trained_on_mask2former_proposals_loads_with_sam_proposals(tmp_path):
+    from maskclip_d2.checkpoint import StrictCheckpointer
+
+    # stage 2 as train_net.py saves it: the config names the frozen proposal weights, so the
+    # checkpoint holds the RMA weights (and the random tiny CLIP) but not Mask2Former's
+    torch.manual_seed(2)
+    stage1 = build_model(get_maskclip_cfg(str(ROOT / "configs" / "tiny" / "maskclip_tiny.yaml")))
+    torch.save({"model": stage1.proposal_network.network.state_dict()}, tmp_path / "stage1.pth")
+    trained = build_model(get_maskclip_cfg(str(ROOT / "configs" / "tiny" / "maskclip_tiny.yaml"),
+                                           ["MODEL.MASKCLIP.PROPOSAL_WEIGHTS", str(tmp_path / "stage1.pth")]))
+    StrictCheckpointer(trained, str(tmp_path)).save("stage2")
+    torch.save(build_sam("tiny").state_dict(), tmp_path / "sam_tiny.pth")
+
+    cfg = get_maskclip_cfg(TINY_SAM, ["MODEL.MASKCLIP.PROPOSAL_WEIGHTS", str(tmp_path / "sam_tiny.pth")])
+    torch.manual_seed(3)
+    predictor = Predictor(cfg, weights=str(tmp_path / "stage2.pth"))
+    ours, theirs = predictor.model.encoder.state_dict(), trained.encoder.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
