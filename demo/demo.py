@@ -72,9 +72,9 @@ def get_parser():
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument(
-        "--proposals", choices=["mask2former", "maskrcnn"],
+        "--proposals", choices=["mask2former", "maskrcnn", "sam"],
         help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); the config's model keys must "
-        "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml). 'gt' needs "
+        "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml; sam: configs/sam/). 'gt' needs "
         "annotations, so it is for evaluation with train_net.py, not for the demo",
     )
     parser.add_argument(

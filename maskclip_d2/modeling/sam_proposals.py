@@ -216,21 +216,20 @@ class SAMProposals(nn.Module):
         for x in batched_inputs:
             records = self.generate(self._rgb(x["image"]))
             height, width = x["image"].shape[-2:]
-            masks = torch.zeros((len(records), height, width))
+            covered = torch.zeros((0, size, size), device=device)
             if records:
-                masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).float()
-            if padded_size is not None:
-                masks = F.pad(masks, (0, padded_size[1] - width, 0, padded_size[0] - height))
-            covered = F.adaptive_avg_pool2d(masks[None], (size, size))[0] if len(records) else masks.new_zeros(
-                (0, size, size))
+                masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).to(device).float()
+                if padded_size is not None:
+                    masks = F.pad(masks, (0, padded_size[1] - width, 0, padded_size[0] - height))
+                covered = F.adaptive_avg_pool2d(masks[None], (size, size))[0]
             per_image.append(((2 * covered - 1) * self.mask_logit, [self._score(r) for r in records]))
         count = max([len(s) for _, s in per_image], default=0)
-        logits = torch.full((len(per_image), count, size, size), -self.mask_logit)
-        objectness = torch.zeros((len(per_image), count))
+        logits = torch.full((len(per_image), count, size, size), -self.mask_logit, device=device)
+        objectness = torch.zeros((len(per_image), count), device=device)
         for b, (image_logits, scores) in enumerate(per_image):
             logits[b, : len(scores)] = image_logits
-            objectness[b, : len(scores)] = torch.tensor(scores)
-        return logits.to(device), objectness.to(device)
+            objectness[b, : len(scores)] = torch.tensor(scores, device=device)
+        return logits, objectness
 
 
 def build_sam_proposals(cfg) -> SAMProposals:
