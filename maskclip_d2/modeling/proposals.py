@@ -25,6 +25,7 @@ from torchvision.ops import roi_align
 from ..checkpoint import StrictCheckpointer
 from .criterion import gt_masks_of
 from .meta_arch.class_agnostic_mask2former import ClassAgnosticMask2Former
+from .sam_proposals import build_sam_proposals
 
 __all__ = [
     "build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals",
@@ -224,8 +225,6 @@ def build_proposal_network(cfg) -> nn.Module:
         network = _frozen(GeneralizedRCNN(proposal_rcnn_cfg(cfg)), mc.PROPOSAL_WEIGHTS)
         return MaskRCNNProposals(network, mc.NUM_PROPOSALS, mc.GT_MASK_LOGIT)
     if name == "sam":
-        from .sam_proposals import build_sam_proposals  # (it imports this module)
-
         return build_sam_proposals(cfg)
     if name == "gt":
         return GTProposals(mc.GT_MASK_LOGIT)

@@ -21,6 +21,7 @@ SAM sees the model's input image (``INPUT.MIN_SIZE_TEST`` resize, as every propo
 does); the generator resizes it to SAM's own input size. The checkpoint is
 ``MODEL.MASKCLIP.PROPOSAL_WEIGHTS``, read with ``weights_only`` loading; nothing is downloaded.
 """
+import logging
 import os
 from functools import partial
 from typing import Dict, List, Optional, Tuple
@@ -30,12 +31,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .proposals import _frozen
+from ..checkpoint import StrictCheckpointer
 
 __all__ = [
-    "SAMProposals", "build_sam", "build_sam_proposals", "check_sam_config", "SAM_MODEL_TYPES",
+    "SAMProposals", "build_sam", "build_sam_proposals", "check_sam_config", "load_frozen_sam", "SAM_MODEL_TYPES",
     "SAM_CHECKPOINTS_URL", "SAM_OBJECTNESS", "generator_kwargs",
 ]
+
+logger = logging.getLogger(__name__)
 
 SAM_CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 # The official checkpoints of each model type (from SAM_CHECKPOINTS_URL).
@@ -93,6 +96,21 @@ def build_sam(model_type: str) -> nn.Module:
     from segment_anything import sam_model_registry
 
     return sam_model_registry[model_type](checkpoint=None)
+
+
+def load_frozen_sam(sam: nn.Module, weights: str) -> nn.Module:
+    """``sam`` with the checkpoint ``weights`` loaded (strict, ``weights_only``; "" keeps its
+    random weights, with a warning), frozen, in eval mode."""
+    if weights:
+        StrictCheckpointer(sam).load(os.path.expanduser(weights))
+    else:
+        logger.warning(
+            "MODEL.MASKCLIP.PROPOSAL_WEIGHTS is empty: SAM keeps its RANDOM weights unless "
+            f"MODEL.WEIGHTS holds a full MaskCLIP checkpoint (SAM's checkpoints: {SAM_CHECKPOINTS_URL})"
+        )
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    return sam.eval()
 
 
 def generator_kwargs(cfg) -> Dict:
@@ -236,7 +254,7 @@ def build_sam_proposals(cfg) -> SAMProposals:
     """The "sam" proposal source of ``cfg`` (checked first by ``check_sam_config``)."""
     check_sam_config(cfg)
     mc = cfg.MODEL.MASKCLIP
-    sam = _frozen(build_sam(mc.SAM.MODEL_TYPE), os.path.expanduser(mc.PROPOSAL_WEIGHTS))
+    sam = load_frozen_sam(build_sam(mc.SAM.MODEL_TYPE), mc.PROPOSAL_WEIGHTS)
     return SAMProposals(
         sam, generator_kwargs(cfg), mc.NUM_PROPOSALS, mc.GT_MASK_LOGIT, mc.SAM.OBJECTNESS,
         cfg.INPUT.FORMAT,
