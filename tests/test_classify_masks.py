@@ -123,6 +123,14 @@ def test_demo_names_the_masks_of_a_label_png(tmp_path, capsys):
     assert all(s["class"] in CLASSES and 0 <= s["score"] <= 1 for s in record["masks"])
     assert [s["area"] for s in record["masks"]] == [100 * 300, 75 * 200]  # the given masks, scaled
 
+    # one input, its masks as a JSON file of COCO RLEs (what SAM's coco_rle output gives)
+    rles = [mask_util.encode(np.asfortranarray((labels == v).astype(np.uint8))) for v in (1, 2)]
+    (tmp_path / "masks.json").write_text(json.dumps([dict(r, counts=r["counts"].decode("ascii")) for r in rles]))
+    rc = demo.main(["--config-file", TINY, "--input", str(tmp_path / "coffee.png"), "--output",
+                    str(tmp_path / "out_rle"), "--vocab", VOCAB, "--masks", str(tmp_path / "masks.json")])
+    record = json.loads((tmp_path / "out_rle" / "coffee.json").read_text())
+    assert rc == 0 and [s["mask_id"] for s in record["masks"]] == [0, 1]
+
     # refused before the model loads: a missing masks file for an input
     (tmp_path / "empty").mkdir()
     rc = demo.main(["--config-file", TINY, "--input", str(tmp_path / "coffee.png"), "--output", str(out),
