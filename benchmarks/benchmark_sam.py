@@ -98,10 +98,12 @@ def main(argv=None):
                 seconds, (logits, _) = timed(lambda: model.proposal_network(
                     [inputs], size, model.padded_size([inputs])))
                 counts[name] = logits.shape[1]
+                print(f"  {'run' if repeat else 'warm-up'} {name} proposals {seconds:.2f}s ({counts[name]} masks)", flush=True)
                 if repeat:
                     times[name, "proposals"].append(seconds)
             for name, predictor in predictors.items():
                 seconds, _ = timed(lambda: predictor(photo))
+                print(f"  {'run' if repeat else 'warm-up'} {name} whole model {seconds:.2f}s", flush=True)
                 if repeat:
                     times[name, "whole"].append(seconds)
     best = {key: min(values) for key, values in times.items()}
