@@ -37,6 +37,7 @@ from detectron2.utils.logger import setup_logger
 
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
+from maskclip_d2.given_masks import read_masks
 from maskclip_d2.mask_files import mask_file_paths
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
@@ -90,10 +91,16 @@ def get_parser():
         "--side-by-side", action="store_true", help="draw each input left of its result",
     )
     parser.add_argument(
-        "--proposals", choices=["mask2former", "maskrcnn"],
+        "--proposals", choices=["mask2former", "maskrcnn", "sam"],
         help="proposal network (MODEL.MASKCLIP.PROPOSAL_NETWORK); the config's model keys must "
-        "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml). 'gt' needs "
+        "describe it (maskrcnn: configs/coco/maskclip_maskrcnn_vitl14_336.yaml; sam: configs/sam/). 'gt' needs "
         "annotations, so it is for evaluation with train_net.py, not for the demo",
+    )
+    parser.add_argument(
+        "--masks", metavar="FILE_OR_FOLDER",
+        help="name masks of your own instead of segmenting (--task is then ignored): a label PNG "
+        "(each non-zero value a mask) or a JSON list of COCO RLEs for one input, or a folder "
+        "holding <input name>.png / .json for each input",
     )
     parser.add_argument(
         "--max-image-size", type=int, default=4096,
@@ -272,6 +279,26 @@ def sample_photos(folder):
     return paths
 
 
+def masks_files(masks, inputs):
+    """--masks: {input: its masks file}: the file itself for one input, else the folder's
+    <input name>.png or .json; ValueError naming what is missing."""
+    if not os.path.isdir(masks):
+        if not os.path.isfile(masks):
+            raise ValueError(f"--masks {masks}: no such file or folder")
+        if len(inputs) != 1:
+            raise ValueError(f"--masks {masks} is one file for {len(inputs)} inputs: give a folder")
+        return {inputs[0]: masks}
+    files = {}
+    for path in inputs:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        found = [os.path.join(masks, stem + ext) for ext in (".png", ".json")
+                 if os.path.isfile(os.path.join(masks, stem + ext))]
+        if not found:
+            raise ValueError(f"--masks: no {stem}.png or {stem}.json in {masks} for the input {path}")
+        files[path] = found[0]
+    return files
+
+
 def setup_cfg(args):
     cfg = get_maskclip_cfg(args.config_file, args.opts)
     if args.proposals:
@@ -297,6 +324,10 @@ def main(argv=None):
             print(f"error: ONNX model {args.onnx_model} not found; create it with "
                   f"tools/export_onnx.py --output {args.onnx_model}", file=sys.stderr)
             return 2
+        if args.masks:
+            print("error: --masks runs the PyTorch model (an exported graph computes its own "
+                  "proposals); use --config-file", file=sys.stderr)
+            return 2
         if args.config_file or args.proposals:
             print("error: --backend onnx reads the config stored in --onnx-model; drop "
                   "--config-file / --proposals", file=sys.stderr)
@@ -320,7 +351,16 @@ def main(argv=None):
             )
         if not inputs:
             raise ValueError("--input matched no image")
+        if args.masks:
+            if args.save_masks:
+                raise ValueError("--save-masks writes the files of segmentation tasks; --masks names "
+                                 "masks of your own: use one or the other")
+            tasks, masks = ["masks"], masks_files(args.masks, inputs)
         plan = plan_outputs(args, inputs, tasks)
+        results = {os.path.realpath(p) for pngs, json_path in plan.values() for p in pngs + [json_path]}
+        for given in (masks.values() if args.masks else []):
+            if os.path.realpath(given) in results:
+                raise ValueError(f"a result would replace the masks file {given}: choose another --output folder")
         check_output_free(args, single_file_output, plan)
         if not args.input:
             check_writable([out_dir])
@@ -378,13 +418,28 @@ def main(argv=None):
             tqdm.write(f"skipped {err}")
             failures += 1
             continue
-        note = ""
+        note, original_size = "", rgb.shape[:2]
         if max(rgb.shape[:2]) > args.max_image_size:
             scale = args.max_image_size / max(rgb.shape[:2])
             size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
             note = f" (scaled down to {size[0]}x{size[1]})"
-        outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
+        if args.masks:
+            given, ids = masks[path], None
+            try:
+                if note:  # scaled down: the masks with the image (nearest), keeping their ids
+                    given, ids = read_masks(given, original_size, float("inf"))
+                    given = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.NEAREST)) for m in given])
+                _, drawn, segments = demo.classify_masks(rgb, given, vocabulary, is_thing)
+            except ValueError as err:
+                tqdm.write(f"skipped {path}: {err}")
+                failures += 1
+                continue
+            for segment, mask_id in zip(segments, ids or []):
+                segment["mask_id"] = mask_id
+            drawn, segments = {"masks": drawn}, {"masks": segments}
+        else:
+            outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
         pngs, json_path = plan[path]
         if args.save_masks:
             base = os.path.splitext(json_path)[0]

@@ -137,9 +137,11 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.CLIP_INTERPOLATION = "bicubic"
 
     # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
-    # R-CNN, one class, class-agnostic masks) or "gt" (ground-truth masks, paper Table 7).
+    # R-CNN, one class, class-agnostic masks), "sam" (Segment Anything's automatic masks,
+    # MODEL.MASKCLIP.SAM) or "gt" (ground-truth masks, paper Table 7).
     cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK = "mask2former"
-    # Checkpoint of the (frozen) proposal network, e.g. a stage-1 model_final.pth.
+    # Checkpoint of the (frozen) proposal network, e.g. a stage-1 model_final.pth, or SAM's
+    # official sam_vit_{b,l,h}_*.pth (never downloaded: see docs/SAM.md).
     cfg.MODEL.MASKCLIP.PROPOSAL_WEIGHTS = ""
     # Masks kept from the proposal network (top by objectness).
     cfg.MODEL.MASKCLIP.NUM_PROPOSALS = 100
@@ -150,6 +152,29 @@ def add_maskclip_config(cfg):
     cfg.MODEL.MASKCLIP.FROZEN_WEIGHTS_IN_CHECKPOINTS = False
     # Binary masks (ground truth, padding) enter the encoder as logits +-GT_MASK_LOGIT.
     cfg.MODEL.MASKCLIP.GT_MASK_LOGIT = 10.0
+    # PROPOSAL_NETWORK "sam" (maskclip_d2/modeling/proposals/sam_proposals.py): segment-anything's model
+    # and its SamAutomaticMaskGenerator's parameters, with the package's defaults.
+    cfg.MODEL.MASKCLIP.SAM = CN()
+    # "vit_b", "vit_l", "vit_h" (the checkpoint's type), or "tiny" (random weights, tests only).
+    cfg.MODEL.MASKCLIP.SAM.MODEL_TYPE = "vit_h"
+    cfg.MODEL.MASKCLIP.SAM.POINTS_PER_SIDE = 32
+    cfg.MODEL.MASKCLIP.SAM.POINTS_PER_BATCH = 64
+    cfg.MODEL.MASKCLIP.SAM.PRED_IOU_THRESH = 0.88
+    cfg.MODEL.MASKCLIP.SAM.STABILITY_SCORE_THRESH = 0.95
+    cfg.MODEL.MASKCLIP.SAM.STABILITY_SCORE_OFFSET = 1.0
+    cfg.MODEL.MASKCLIP.SAM.BOX_NMS_THRESH = 0.7
+    cfg.MODEL.MASKCLIP.SAM.CROP_N_LAYERS = 0
+    cfg.MODEL.MASKCLIP.SAM.CROP_NMS_THRESH = 0.7
+    cfg.MODEL.MASKCLIP.SAM.CROP_OVERLAP_RATIO = 512 / 1500
+    cfg.MODEL.MASKCLIP.SAM.CROP_N_POINTS_DOWNSCALE_FACTOR = 1
+    cfg.MODEL.MASKCLIP.SAM.MIN_MASK_REGION_AREA = 0
+    # The proposals' objectness (SAM has none): "predicted_iou" (SAM's mask-quality estimate),
+    # "stability_score" or "one". Used where class probabilities are multiplied by objectness
+    # (modes "mask_tokens", "baseline"); see docs/SAM.md.
+    cfg.MODEL.MASKCLIP.SAM.OBJECTNESS = "predicted_iou"
+    # Predictor.classify_masks: the most masks of your own classified in one call (all go
+    # through CLIP's image tower at once, each as one more token).
+    cfg.MODEL.MASKCLIP.MAX_GIVEN_MASKS = 256
 
     # Training (stage 2): 2 CE + 5 dice + 5 BCE, Hungarian matching on sampled points.
     cfg.MODEL.MASKCLIP.CLASS_WEIGHT = 2.0

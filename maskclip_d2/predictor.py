@@ -11,6 +11,8 @@ Detectron2's (``sem_seg``, ``panoptic_seg``, ``instances``), class ids indexing
 ``vocabulary``. The text embeddings of a vocabulary are computed once and reused across calls.
 Stuff classes (merged into one region in panoptic output, never instances) are named with
 ``stuff=["sky", "grass"]`` or flagged with ``is_thing``; by default every class is a thing.
+
+Masks of your own are named with ``predictor.classify_masks(image, masks, vocabulary=[...])``.
 """
 import contextlib
 import os
@@ -21,12 +23,16 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
 from PIL import Image, ImageOps
 
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
+from .given_masks import read_masks
 from .mask_files import save_masks
 from .modeling.clip.text_encoder import check_vocabulary
+from .modeling.maskclip import MaskCLIP
+from .modeling.proposals.sources import GTProposals
 from .vocabularies import resolve_vocabulary
 
 __all__ = [
@@ -247,15 +253,19 @@ class Predictor:
         """The model's input dict for one image (a path, a PIL image or an (H, W, 3) uint8 RGB
         array): ``"image"`` (3, h, w) uint8 in ``INPUT.FORMAT``, resized by the test-time
         ``ResizeShortestEdge``; ``"height"`` and ``"width"`` of the original image."""
-        rgb = read_rgb_image(image)
+        return self._inputs_and_transform(read_rgb_image(image))[0]
+
+    def _inputs_and_transform(self, rgb: np.ndarray):
         height, width = rgb.shape[:2]
         image = rgb if self.input_format == "RGB" else rgb[..., ::-1]
-        image = self.resize.get_transform(image).apply_image(image)
-        return {
+        transform = self.resize.get_transform(image)
+        image = transform.apply_image(image)
+        inputs = {
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "height": height,
             "width": width,
         }
+        return inputs, transform
 
     @property
     def vocabulary(self) -> List[str]:
@@ -392,3 +402,71 @@ class Predictor:
         ``folder/<stem>.panoptic.png`` ... and ``folder/categories.json``; see
         ``maskclip_d2.mask_files``. Never replaces a file; returns the paths written."""
         return save_masks(outputs, folder, stem, self.vocabulary, self.is_thing, image_id)
+
+    @torch.no_grad()
+    def classify_masks(
+        self,
+        image,
+        masks,
+        vocabulary: Optional[Sequence[str]] = None,
+        is_thing: Optional[Sequence[bool]] = None,
+        stuff: Optional[Sequence[str]] = None,
+    ) -> Instances:
+        """Names masks of your own (SAM's, an annotation tool's, another model's): each goes
+        through the MaskCLIP encoder as a proposal would, exactly as ground-truth masks do in
+        ``MODEL.MASKCLIP.PROPOSAL_NETWORK "gt"`` mode (resized with the image, nearest).
+
+        Args:
+            image: a path, a PIL image or an RGB array (see ``read_rgb_image``).
+            masks: (N, H, W) booleans at the image's size, a label PNG path (each non-zero
+                value a mask) or COCO RLEs (see ``maskclip_d2.given_masks``); at most
+                ``MODEL.MASKCLIP.MAX_GIVEN_MASKS``. Bad masks raise ValueError before the model runs.
+            vocabulary, is_thing, stuff: as for ``__call__``.
+        Returns:
+            ``Instances`` at the image's size, one per mask in the order given:
+            ``class_scores`` (N, K + 1) probabilities over the vocabulary then no-object;
+            ``pred_classes`` (N,) the best class of the vocabulary and ``scores`` its
+            probability; ``pred_masks`` (N, H, W) bool: in "rma" mode the encoder's refined
+            masks (its last RMA layer's), else the masks given; ``pred_boxes`` around them;
+            ``mask_ids`` (N,): the label values of a label image, else 0..N-1.
+        """
+        model = self.model
+        if type(model).predict is not MaskCLIP.predict:
+            raise ValueError(
+                f"classify_masks runs the PyTorch model; {type(model).__name__} computes its own "
+                "proposals (an exported graph): use a Predictor built from the config"
+            )
+        rgb = read_rgb_image(image)
+        height, width = rgb.shape[:2]
+        given, ids = read_masks(masks, (height, width), self.cfg.MODEL.MASKCLIP.MAX_GIVEN_MASKS)
+        self._update_vocabulary(vocabulary, is_thing, stuff)
+        inputs, transform = self._inputs_and_transform(rgb)
+        # what a dataset mapper does to ground-truth masks: the image's transform, nearest
+        resized = np.stack([transform.apply_segmentation(m.astype(np.uint8)) for m in given])
+        instances = Instances(tuple(inputs["image"].shape[-2:]))
+        instances.gt_masks = BitMasks(torch.from_numpy(resized.astype(bool)))
+        instances.gt_classes = torch.zeros(len(given), dtype=torch.int64)
+        inputs["instances"] = instances
+
+        proposal_network = model.proposal_network
+        model.proposal_network = GTProposals(self.cfg.MODEL.MASKCLIP.GT_MASK_LOGIT)
+        try:
+            model.text_encoder.check_no_object(model.vocabulary)
+            predictions = model.predict([inputs], model.text_encoder.encode_vocabulary(model.vocabulary))
+        finally:
+            model.proposal_network = proposal_network
+        class_scores = predictions["class_logits"][0].float().softmax(-1).cpu()
+        if predictions["refined_masks"]:
+            refined = model.masks_at_output_size(
+                predictions["refined_masks"][-1][0], inputs, predictions["padded_size"]
+            )
+            pred_masks = (refined > 0).cpu()  # sigmoid > 0.5
+        else:
+            pred_masks = torch.from_numpy(given)
+        result = Instances((height, width))
+        result.class_scores = class_scores
+        result.scores, result.pred_classes = class_scores[:, :-1].max(dim=1)
+        result.pred_masks = pred_masks
+        result.pred_boxes = BitMasks(pred_masks).get_bounding_boxes()
+        result.mask_ids = torch.as_tensor(ids, dtype=torch.int64)
+        return result

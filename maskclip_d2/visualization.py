@@ -252,3 +252,15 @@ class VisualizationDemo:
         drawn, segments = draw_outputs(rgb, outputs, vocabulary, tasks, self.confidence_threshold,
                                        self.side_by_side, self.draw_min_size)
         return outputs, drawn, segments
+
+    def classify_masks(self, rgb: np.ndarray, masks, vocabulary: Sequence[str],
+                       is_thing: Optional[Sequence[bool]] = None):
+        """Masks of your own named (``Predictor.classify_masks``): returns (Instances, drawn RGB
+        image, segments), every mask drawn with its best class and score, none dropped."""
+        result = self.predictor.classify_masks(rgb, masks, vocabulary=vocabulary, is_thing=is_thing)
+        drawn, segments = draw_outputs(rgb, {"instances": result}, vocabulary, ["instance"], float("-inf"),
+                                       self.side_by_side, self.draw_min_size)
+        segments = segments["instance"]
+        for segment, mask_id, scores in zip(segments, result.mask_ids.tolist(), result.class_scores.tolist()):
+            segment.update(mask_id=mask_id, no_object_score=round(scores[-1], 4))
+        return result, drawn["instance"], segments

@@ -36,8 +36,9 @@ from .postprocessing import (
     panoptic_inference,
     semantic_inference,
 )
-from .proposals.sources import build_proposal_network
 from .clip.text_encoder import CLIPTextEncoder, check_vocabulary
+from .proposals.sam_proposals import check_sam_config
+from .proposals.sources import build_proposal_network
 
 __all__ = ["MaskCLIP", "vocabulary_from_metadata", "CLIP_INPUTS", "CLIP_INTERPOLATIONS"]
 
@@ -238,6 +239,8 @@ class MaskCLIP(nn.Module):
         # the vocabulary first: a misspelled dataset or preset fails before CLIP loads
         for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
             vocabulary_from_metadata(MetadataCatalog.get(name))
+        if mc.PROPOSAL_NETWORK == "sam":  # and a missing SAM checkpoint before CLIP loads
+            check_sam_config(cfg)
         options = cls.inference_options(cfg)
 
         clip_name, weights = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.WEIGHTS
@@ -505,12 +508,7 @@ class MaskCLIP(nn.Module):
                 mask_probs = resize_masks(gt, (height, width), mode="nearest")
                 probs = class_probs[b, : len(gt)]
             else:
-                masks = output_masks[b].float()
-                if padded_size is not None:
-                    # as Mask2Former's sem_seg_postprocess: to the padded size, crop the image
-                    masks = resize_masks(masks, padded_size)
-                    masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
-                mask_logits_b = resize_masks(masks, (height, width))
+                mask_logits_b = self.masks_at_output_size(output_masks[b], x, padded_size)
                 if mask_logits_b.untyped_storage().data_ptr() == output_masks.untyped_storage().data_ptr():
                     mask_probs = mask_logits_b.sigmoid()  # the encoder's own tensor: not in place
                 else:
@@ -518,6 +516,18 @@ class MaskCLIP(nn.Module):
                 probs = class_probs[b]
             results.append(self.inference_one(probs, mask_probs))
         return results
+
+    def masks_at_output_size(self, masks: torch.Tensor, x: Dict, padded_size=None) -> torch.Tensor:
+        """(M, R, R) mask logits at CLIP's resolution -> (M, height, width) at input ``x``'s
+        output size (float; ``masks`` itself when nothing changes): over the padded batch
+        (``padded_size``), as Mask2Former's sem_seg_postprocess, resized to the padded size and
+        cropped to the image first."""
+        masks = masks.float()
+        if padded_size is not None:
+            masks = resize_masks(masks, padded_size)
+            masks = masks[:, : x["image"].shape[-2], : x["image"].shape[-1]]
+        size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
+        return resize_masks(masks, size)
 
     def inference_one(self, class_probs: torch.Tensor, mask_probs: torch.Tensor) -> Dict:
         result = {}

@@ -10,6 +10,7 @@ in the network's query order. Sources, chosen by
 
 * ``"mask2former"``: the class-agnostic Mask2Former (``ClassAgnosticMask2Former``);
 * ``"maskrcnn"``: Detectron2's Mask R-CNN with one class and class-agnostic masks;
+* ``"sam"``: Segment Anything's automatic masks (``sam_proposals.py``);
 * ``"gt"``: the ground-truth masks of the inputs (the paper's Table 7 setting).
 """
 import logging
@@ -24,6 +25,7 @@ from torchvision.ops import roi_align
 from ...checkpoint import StrictCheckpointer
 from ..losses.criterion import gt_masks_of
 from .class_agnostic_mask2former import ClassAgnosticMask2Former
+from .sam_proposals import build_sam_proposals
 
 __all__ = [
     "build_proposal_network", "Mask2FormerProposals", "MaskRCNNProposals", "GTProposals",
@@ -222,8 +224,10 @@ def build_proposal_network(cfg) -> nn.Module:
     if name == "maskrcnn":
         network = _frozen(GeneralizedRCNN(proposal_rcnn_cfg(cfg)), mc.PROPOSAL_WEIGHTS)
         return MaskRCNNProposals(network, mc.NUM_PROPOSALS, mc.GT_MASK_LOGIT)
+    if name == "sam":
+        return build_sam_proposals(cfg)
     if name == "gt":
         return GTProposals(mc.GT_MASK_LOGIT)
     raise ValueError(
-        f"MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former', 'maskrcnn' or 'gt', got {name!r}"
+        f"MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former', 'maskrcnn', 'sam' or 'gt', got {name!r}"
     )
