@@ -97,7 +97,7 @@ def test_the_demo_runs_with_sam_proposals(tmp_path):
     rc = demo.main(["--config-file", TINY_SAM, "--output", str(tmp_path / "out"), "--vocab", "cup; table"])
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png") == [
-        "astronaut.png", "chelsea.png", "coffee.png", "rocket.png"]
+        "astronaut_panoptic.png", "chelsea_panoptic.png", "coffee_panoptic.png", "rocket_panoptic.png"]
 
 
 def test_sam_weights_load_from_the_checkpoint_path(tmp_path):
