@@ -35,6 +35,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
 from maskclip_d2.data.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
+from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts  # noqa: E402
 from maskclip_d2.predictor import (  # noqa: E402
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
 )
@@ -80,6 +81,7 @@ def get_parser():
         "--max-image-size", type=int, default=4096,
         help="larger images are scaled down to this longest side before anything else",
     )
+    add_dtype_argument(parser)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
 
@@ -203,7 +205,7 @@ def sample_photos(folder):
 
 
 def setup_cfg(args):
-    cfg = get_maskclip_cfg(args.config_file, args.opts)
+    cfg = get_maskclip_cfg(args.config_file, list(args.opts) + dtype_opts(args))
     if args.proposals:
         cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK = args.proposals
     cfg.freeze()
@@ -227,9 +229,9 @@ def main(argv=None):
             print(f"error: ONNX model {args.onnx_model} not found; create it with "
                   f"tools/export_onnx.py --output {args.onnx_model}", file=sys.stderr)
             return 2
-        if args.config_file or args.proposals:
+        if args.config_file or args.proposals or args.dtype:
             print("error: --backend onnx reads the config stored in --onnx-model; drop "
-                  "--config-file / --proposals", file=sys.stderr)
+                  "--config-file / --proposals / --dtype", file=sys.stderr)
             return 2
     elif not args.config_file:
         print("error: --config-file is required (or --backend onnx --onnx-model FILE)", file=sys.stderr)

@@ -79,6 +79,10 @@ def add_maskclip_config(cfg):
     # Resampling of the image to R x R: "bicubic" (the authors': without antialiasing, as their
     # torchvision 0.11 did), "bicubic_antialias", "bilinear", "bilinear_antialias".
     cfg.MODEL.MASKCLIP.CLIP_INTERPOLATION = "bicubic"
+    # Inference precision of the proposal network and the encoder: "float32" (the paper's) or
+    # "bfloat16" (autocast on CPU or CUDA; text embeddings, classification and post-processing
+    # stay float32; see modeling/inference_dtype.py). Training is always float32.
+    cfg.MODEL.MASKCLIP.INFERENCE_DTYPE = "float32"
 
     # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
     # R-CNN, one class, class-agnostic masks) or "gt" (ground-truth masks, paper Table 7).

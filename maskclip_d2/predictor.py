@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from .checkpoint import StrictCheckpointer
 from .config import get_maskclip_cfg
 from .data.vocabularies import resolve_vocabulary
+from .modeling.inference_dtype import check_inference_dtype
 from .modeling.text_encoder import check_vocabulary
 
 __all__ = [
@@ -204,11 +205,13 @@ class Predictor:
         weights: Optional[str] = None,
         device: Optional[str] = None,
         model: Optional[torch.nn.Module] = None,
+        dtype: Optional[str] = None,
     ):
         """
         Args:
             cfg: a MaskCLIP config or the path of its yaml file.
-            weights, device: override ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``.
+            weights, device, dtype: override ``MODEL.WEIGHTS``, ``MODEL.DEVICE`` and
+                ``MODEL.MASKCLIP.INFERENCE_DTYPE`` ("float32" or "bfloat16").
             model: a MaskCLIP already built for ``cfg`` (e.g. ``maskclip_d2.deploy``'s, which
                 runs an exported graph with ONNX Runtime); None builds one and loads its weights.
         """
@@ -220,12 +223,16 @@ class Predictor:
             cfg.MODEL.WEIGHTS = weights
         if device is not None:
             cfg.MODEL.DEVICE = device
+        if dtype is not None:
+            cfg.MODEL.MASKCLIP.INFERENCE_DTYPE = check_inference_dtype(dtype)
         cfg.freeze()
         self.cfg = cfg
         if model is None:
             model = build_model(cfg)
             if cfg.MODEL.WEIGHTS:
                 StrictCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        if dtype is not None and hasattr(model, "inference_dtype"):
+            model.inference_dtype = dtype
         self.model = model
         self.model.eval()
         self.resize = T.ResizeShortestEdge(

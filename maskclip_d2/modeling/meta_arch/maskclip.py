@@ -27,6 +27,7 @@ from ...data.vocabularies import resolve_vocabulary
 from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model, clip_architecture_from_cfg
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
+from ..inference_dtype import check_inference_dtype, inference_autocast
 from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import (
     INSTANCE_THING_FILTERS,
@@ -154,6 +155,7 @@ class MaskCLIP(nn.Module):
         proposal_weights: Optional[str] = None,
         frozen_weights_in_checkpoints: bool = True,
         release_text_tower: bool = False,
+        inference_dtype: str = "float32",
     ):
         """
         Args:
@@ -186,6 +188,8 @@ class MaskCLIP(nn.Module):
             frozen_weights_in_checkpoints: checkpoints hold the frozen weights even when the
                 config names them (see ``weights_from_config``).
             release_text_tower: ``fix_vocabularies`` frees the text tower after embedding.
+            inference_dtype: "float32" or "bfloat16": the proposal network and the encoder
+                under autocast in inference (``inference_dtype.py``); training is float32.
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
@@ -228,6 +232,7 @@ class MaskCLIP(nn.Module):
         self.proposal_weights = proposal_weights
         self.frozen_weights_in_checkpoints = frozen_weights_in_checkpoints
         self.release_text_tower = release_text_tower
+        self.inference_dtype = check_inference_dtype(inference_dtype)
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.set_vocabulary(vocabulary, is_thing)
@@ -325,6 +330,7 @@ class MaskCLIP(nn.Module):
             ),
             "frozen_weights_in_checkpoints": mc.FROZEN_WEIGHTS_IN_CHECKPOINTS,
             "release_text_tower": cfg.MODEL.CLIP.RELEASE_TEXT_TOWER,
+            "inference_dtype": mc.INFERENCE_DTYPE,
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -443,6 +449,11 @@ class MaskCLIP(nn.Module):
             resized.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
         return torch.stack(resized)
 
+    def precision(self):
+        """The context ``predict`` runs the networks in: bfloat16 autocast on the model's
+        device in inference with ``inference_dtype`` "bfloat16", else nothing (float32)."""
+        return inference_autocast(self.device, "float32" if self.training else self.inference_dtype)
+
     def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
         """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
         before any loss or post-processing. ``tools/export_onnx.py`` exports this method, so
@@ -462,10 +473,17 @@ class MaskCLIP(nn.Module):
         """
         size = self.clip_resolution
         padded_size = self.padded_size(batched_inputs)
-        mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
-        mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
-        encoded = self.encoder(self.clip_images(batched_inputs, padded_size), mask_logits)
-        class_logits = self.text_encoder.classify(encoded["features"], class_embeddings, no_object=True)
+        precision = self.precision()
+        with precision:
+            mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
+        mask_logits = mask_logits.to(self.device, torch.float32)
+        objectness = objectness.to(self.device, torch.float32)
+        images = self.clip_images(batched_inputs, padded_size)
+        with precision:
+            encoded = self.encoder(images, mask_logits)
+        features = encoded["features"].float()
+        encoded["masks"] = [masks.float() for masks in encoded["masks"]]
+        class_logits = self.text_encoder.classify(features, class_embeddings, no_object=True)
         return {
             "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
             "refined_masks": encoded["masks"], "padded_size": padded_size,
