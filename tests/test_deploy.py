@@ -197,3 +197,17 @@ def test_demo_onnx_backend_draws_the_same_segments(exported, tmp_path, capsys):
 
     assert demo.main(["--backend", "onnx", "--onnx-model", str(tmp_path / "none.onnx")]) == 2
     assert "none.onnx not found; create it with tools/export_onnx.py" in capsys.readouterr().err
+
+
+def test_export_tool_check_says_ok_for_a_correct_export(exported, capsys):
+    """The self-check of tools/export_onnx.py on a correct export: every output within its
+    relative tolerance, the segments' agreement reported, no "error"."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import export_onnx as tool
+
+    cfg, model, onnx_model = exported
+    assert tool.compare(cfg, model, onnx_model.path) is True
+    out = capsys.readouterr()
+    assert "error" not in out.err and "TOO LARGE" not in out.out
+    assert "ok: ONNX Runtime's outputs equal PyTorch's up to float32 rounding" in out.out
+    assert "of pixels in a segment of the same class" in out.out
