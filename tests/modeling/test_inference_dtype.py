@@ -66,6 +66,8 @@ def test_bfloat16_runs_the_networks_in_bfloat16_and_hands_on_float32():
         inputs = photo_inputs(model)[:1]
         out = predictions(model, inputs)
         assert conv_dtypes == [torch.bfloat16] and block_dtypes == [torch.bfloat16]
+        conv = model.proposal_network.network.backbone.stem.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
         for key in ("class_logits", "mask_logits", "objectness", "features"):
             assert out[key].dtype == torch.float32, key
         assert all(m.dtype == torch.float32 for m in out["refined_masks"])
@@ -103,6 +105,13 @@ def test_bfloat16_model_agrees_with_float32():
     # the proposals: the same pixels inside each mask, but for a few near zero
     inside = (out["mask_logits"] > 0) == (expected["mask_logits"] > 0)
     assert inside.float().mean() >= 0.99
+    # back to float32: the same outputs as before, to the bit (weights as built again)
+    model.inference_dtype = "float32"
+    again = predictions(model, inputs)
+    for key in ("class_logits", "mask_logits", "objectness", "features"):
+        assert torch.equal(again[key], expected[key]), key
+    conv = model.proposal_network.network.backbone.stem.conv1.weight
+    assert conv.is_contiguous()
 
 
 def test_bfloat16_encoder_agrees_with_float32():

@@ -27,7 +27,7 @@ from ...data.vocabularies import resolve_vocabulary
 from ..clip_baseline import CLIPBaselineEncoder
 from ..clip_loader import build_clip_model, clip_architecture_from_cfg
 from ..criterion import SetCriterion, build_set_criterion, gt_masks_of
-from ..inference_dtype import check_inference_dtype, inference_autocast
+from ..inference_dtype import check_inference_dtype, inference_autocast, proposal_memory_format
 from ..maskclip_encoder import MaskCLIPVisualEncoder
 from ..postprocessing import (
     INSTANCE_THING_FILTERS,
@@ -451,8 +451,15 @@ class MaskCLIP(nn.Module):
 
     def precision(self):
         """The context ``predict`` runs the networks in: bfloat16 autocast on the model's
-        device in inference with ``inference_dtype`` "bfloat16", else nothing (float32)."""
-        return inference_autocast(self.device, "float32" if self.training else self.inference_dtype)
+        device in inference with ``inference_dtype`` "bfloat16", else nothing (float32). In
+        bfloat16 the proposal network's convolutions take channels-last weights (faster bf16
+        kernels); in float32 they are contiguous, as built."""
+        dtype = "float32" if self.training else self.inference_dtype
+        proposal_format = proposal_memory_format(dtype)
+        if getattr(self, "_proposal_format", torch.contiguous_format) != proposal_format:
+            self.proposal_network.to(memory_format=proposal_format)
+            self._proposal_format = proposal_format
+        return inference_autocast(self.device, dtype)
 
     def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
         """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
