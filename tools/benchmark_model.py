@@ -10,8 +10,13 @@ measurement's alone.
 Inference (one image of ``--image-size``, the config's proposals, ``--classes`` class names):
   variant "ours"        the config as given: CLIP's text tower on the CPU, freed after the
                         vocabulary is embedded (what ``train_net.py --eval-only`` does);
-  variant "text_tower_resident"  the reference: the text tower kept in the model, on its
-                        device (MODEL.CLIP.TEXT_TOWER_DEVICE "", RELEASE_TEXT_TOWER False).
+  variant "text_tower_resident"  the text tower kept in the model for new vocabularies, on its
+                        device (MODEL.CLIP.TEXT_TOWER_DEVICE "", RELEASE_TEXT_TOWER False), as a
+                        Predictor keeps it: offloaded to its file between embeddings
+                        (MODEL.CLIP.OFFLOAD_TEXT_TOWER, the default);
+  variant "text_tower_in_memory"  the same with the tower in memory (OFFLOAD_TEXT_TOWER False).
+  Each variant times ``--dtypes`` round-robin in its process (see ``dtype_table``), and a last
+  process runs one forward per dtype with oneDNN's verbose log: which kernels run (AMX or not).
   Per forward, the stages: proposals, clip_input (resize + normalise), encoder, text_logits,
   post_processing (everything after the text logits: mask resizing, softmax and the tasks),
   and within it each task (semantic_inference, panoptic_inference, instance_inference);
@@ -65,6 +70,8 @@ POSTPROCESSING_STEPS = ("semantic_inference", "panoptic_inference", "instance_in
 VARIANTS = {
     "ours": [],
     "text_tower_resident": ["MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", "False"],
+    "text_tower_in_memory": ["MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", "False",
+                             "MODEL.CLIP.OFFLOAD_TEXT_TOWER", "False"],
 }
 
 
