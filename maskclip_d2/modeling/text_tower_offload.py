@@ -67,6 +67,11 @@ class TowerFile:
     def close(self) -> None:
         self._finalizer()
 
+    def __deepcopy__(self, memo):
+        """A copied module does not share the file (whose life is this object's): its copied
+        tensors are its own, and its next offload writes its own file."""
+        return None
+
 
 def _remove(path: str) -> None:
     try:

@@ -91,3 +91,16 @@ def test_model_outputs_are_unchanged_by_offloading_in_float32():
     assert torch.equal(a["sem_seg"], b["sem_seg"])
     assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
     assert torch.equal(a["instances"].scores, b["instances"].scores)
+
+
+def test_a_copy_offloads_to_its_own_file(clip_model):  # noqa: F811
+    offloaded = CLIPTextEncoder(copy.deepcopy(clip_model), offload_tower=True)
+    expected = offloaded.encode_vocabulary(["cat"])
+    duplicate = copy.deepcopy(offloaded)
+    path = offloaded._tower_file.path
+    del offloaded
+    gc.collect()
+    assert not os.path.exists(path)  # the original's file went with it
+    assert torch.equal(duplicate.encode_vocabulary(["cat"]), expected)
+    assert torch.equal(duplicate.encode_vocabulary(["dog", "cat"])[1], expected[0])
+    assert os.path.isfile(duplicate._tower_file.path) and duplicate._tower_file.path != path
