@@ -28,6 +28,7 @@ from maskclip_d2.evaluation import build_evaluator
 from maskclip_d2.utils import atomic_write
 from maskclip_d2.modeling.maskclip import vocabulary_from_metadata
 from maskclip_d2.solver import build_optimizer
+from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts
 
 
 class Trainer(DefaultTrainer):
@@ -129,7 +130,7 @@ def cpu_threads_per_process(cfg, processes_per_machine, environ=os.environ):
 
 
 def setup(args):
-    cfg = get_maskclip_cfg(args.config_file, args.opts)
+    cfg = get_maskclip_cfg(args.config_file, list(args.opts) + dtype_opts(args))
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskclip_d2")
@@ -166,8 +167,13 @@ def main(args):
     return trainer.train()
 
 
+def get_parser():
+    """Detectron2's arguments, and --dtype (inference precision, for --eval-only)."""
+    return add_dtype_argument(default_argument_parser())
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = get_parser().parse_args()
     logging.getLogger(__name__).info(f"Command line arguments: {args}")
     launch(
         main,

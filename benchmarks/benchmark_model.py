@@ -10,8 +10,13 @@ measurement's alone.
 Inference (one image of ``--image-size``, the config's proposals, ``--classes`` class names):
   variant "ours"        the config as given: CLIP's text tower on the CPU, freed after the
                         vocabulary is embedded (what ``train_net.py --eval-only`` does);
-  variant "text_tower_resident"  the reference: the text tower kept in the model, on its
-                        device (MODEL.CLIP.TEXT_TOWER_DEVICE "", RELEASE_TEXT_TOWER False).
+  variant "text_tower_resident"  the text tower kept in the model for new vocabularies, on its
+                        device (MODEL.CLIP.TEXT_TOWER_DEVICE "", RELEASE_TEXT_TOWER False), as a
+                        Predictor keeps it: offloaded to its file between embeddings
+                        (MODEL.CLIP.OFFLOAD_TEXT_TOWER, the default);
+  variant "text_tower_in_memory"  the same with the tower in memory (OFFLOAD_TEXT_TOWER False).
+  Each variant times ``--dtypes`` round-robin in its process (see ``dtype_table``), and a last
+  process runs one forward per dtype with oneDNN's verbose log: which kernels run (AMX or not).
   Per forward, the stages: proposals, clip_input (resize + normalise), encoder, text_logits,
   post_processing (everything after the text logits: mask resizing, softmax and the tasks),
   and within it each task (semantic_inference, panoptic_inference, instance_inference);
@@ -64,6 +69,8 @@ POSTPROCESSING_STEPS = ("semantic_inference", "panoptic_inference", "instance_in
 VARIANTS = {
     "ours": [],
     "text_tower_resident": ["MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", "False"],
+    "text_tower_in_memory": ["MODEL.CLIP.TEXT_TOWER_DEVICE", "", "MODEL.CLIP.RELEASE_TEXT_TOWER", "False",
+                             "MODEL.CLIP.OFFLOAD_TEXT_TOWER", "False"],
 }
 
 
@@ -76,6 +83,15 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+        help="inference precisions (MODEL.MASKCLIP.INFERENCE_DTYPE), timed round-robin in each "
+        "variant's process; the first is the reference of the bounds",
+    )
+    parser.add_argument(
+        "--no-kernels", action="store_true",
+        help="skip the oneDNN kernel census (CPU: one forward per dtype with oneDNN's verbose log)",
+    )
     parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--train-config", default=os.path.join(REPO, "configs/coco/maskclip_vitb16.yaml"))
@@ -85,7 +101,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-repeats", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
-    parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["inference", "training", "kernels"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -230,28 +246,65 @@ def inference_worker(args):
     originals = {step: getattr(meta_arch, step) for step in POSTPROCESSING_STEPS if hasattr(meta_arch, step)}
     for step, fn in originals.items():
         setattr(meta_arch, step, clock.wrap(step, fn))
-    seen = {}
+    seen = {}  # per dtype: the last forward's post-processing inputs, features, logits, outputs
     inference_one = model.inference_one
+    classify = model.text_encoder.classify
 
     def recording(class_probs, mask_probs):
-        seen.update(class_probs=class_probs, mask_probs=mask_probs)
-        return inference_one(class_probs, mask_probs)
+        outputs = inference_one(class_probs, mask_probs)
+        seen.setdefault(model.inference_dtype, {}).update(
+            class_probs=class_probs, mask_probs=mask_probs, outputs=outputs)
+        return outputs
+
+    def recording_classify(features, embeddings, no_object=False):
+        logits = classify(features, embeddings, no_object=no_object)
+        seen.setdefault(model.inference_dtype, {}).update(features=features, class_logits=logits)
+        return logits
 
     model.inference_one = recording
+    model.text_encoder.classify = recording_classify
     try:
-        forwards = timed_forwards(model, inputs, clock, device, args.repeats, result)
+        forwards = timed_forwards(model, inputs, clock, device, args.repeats, result, args.dtypes)
     finally:
         for step, fn in originals.items():
             setattr(meta_arch, step, fn)
-    result.update(tasks_against_reference(model, inference_one, seen, clock, args.repeats))
-    result["inference_peak_rss_gb"] = rss_gb("VmHWM") if result["peak_rss_reset"] else float("nan")
+    reference_dtype = args.dtypes[0]
+    result.update(tasks_against_reference(model, inference_one, seen[reference_dtype], clock, args.repeats))
     if device == "cuda":
         result["cuda_inference_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    result.update(min(forwards, key=lambda t: t["total_s"]))
-    result["post_processing_share_median"] = statistics.median(t["post_processing_share"] for t in forwards)
-    result["forwards"] = forwards
+    result["dtypes"] = {}
+    for dtype, runs in forwards.items():
+        summary = dict(min(runs, key=lambda t: t["total_s"]))
+        summary["inference_peak_rss_gb"] = max(t.pop("peak_rss_gb") for t in runs)
+        summary.pop("peak_rss_gb", None)
+        summary["post_processing_share_median"] = statistics.median(t["post_processing_share"] for t in runs)
+        summary["forwards"] = runs
+        if dtype != reference_dtype:
+            summary["bounds"] = dtype_bounds(seen[reference_dtype], seen[dtype])
+        result["dtypes"][dtype] = summary
+    # the reference dtype's figures at the top level, as before --dtypes
+    result.update({k: v for k, v in result["dtypes"][reference_dtype].items() if k != "bounds"})
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
+
+
+def dtype_bounds(reference, other):
+    """How close another precision's last forward is to the reference's: mask features by
+    cosine (min / mean over masks), class argmax per mask (vocabulary + no-object), the
+    semantic map's argmax per pixel, the output masks' pixels (> 0.5) per mask."""
+    import torch.nn.functional as F
+
+    cosine = F.cosine_similarity(other["features"].float(), reference["features"].float(), dim=-1)
+    argmax = other["class_logits"].argmax(-1) == reference["class_logits"].argmax(-1)
+    bounds = {
+        "mask_feature_cosine_min": float(cosine.min()), "mask_feature_cosine_mean": float(cosine.mean()),
+        "class_argmax_agreement": float(argmax.float().mean()), "masks": int(argmax.numel()),
+        "mask_pixel_agreement": float(((other["mask_probs"] > 0.5) == (reference["mask_probs"] > 0.5)).float().mean()),
+    }
+    if "sem_seg" in reference["outputs"]:
+        bounds["semantic_pixel_agreement"] = float(
+            (other["outputs"]["sem_seg"].argmax(0) == reference["outputs"]["sem_seg"].argmax(0)).float().mean())
+    return bounds
 
 
 def tasks_against_reference(model, inference_one, seen, clock, repeats):
@@ -292,24 +345,102 @@ def tasks_against_reference(model, inference_one, seen, clock, repeats):
     return result
 
 
-def timed_forwards(model, inputs, clock, device, repeats, result):
+def timed_forwards(model, inputs, clock, device, repeats, result, dtypes):
+    """{dtype: [per forward: total and stage times, peak RSS of that forward]}: the dtypes
+    round-robin (load from other processes hits them alike), one warm-up each first."""
+    forwards = {dtype: [] for dtype in dtypes}
     with torch.no_grad():
-        model(inputs)  # warm-up
+        for dtype in dtypes:
+            model.inference_dtype = dtype
+            model(inputs)  # warm-up
         gc.collect()
-        result["peak_rss_reset"] = reset_peak_rss()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        forwards = []
         for _ in range(repeats):
-            clock.times = {}
-            start = clock.now()
-            model(inputs)
-            total = clock.now() - start
-            times = {"total_s": total, **{f"{k}_s": v for k, v in clock.times.items()}}
-            times["post_processing_s"] = total - sum(clock.times.get(s, 0.0) for s in STAGES)
-            times["post_processing_share"] = times["post_processing_s"] / total
-            forwards.append(times)
+            for dtype in dtypes:
+                model.inference_dtype = dtype
+                gc.collect()
+                result["peak_rss_reset"] = reset_peak_rss()
+                clock.times = {}
+                start = clock.now()
+                model(inputs)
+                total = clock.now() - start
+                times = {"total_s": total, **{f"{k}_s": v for k, v in clock.times.items()}}
+                times["post_processing_s"] = total - sum(clock.times.get(s, 0.0) for s in STAGES)
+                times["post_processing_share"] = times["post_processing_s"] / total
+                times["peak_rss_gb"] = rss_gb("VmHWM") if result["peak_rss_reset"] else float("nan")
+                forwards[dtype].append(times)
     return forwards
+
+
+# ---- kernel census worker -------------------------------------------------------------------
+def onednn_log(fn):
+    """The lines oneDNN's verbose mode prints while ``fn()`` runs (it writes to the process's
+    stdout file descriptor, redirected to a temporary file meanwhile)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                fn()
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return log.read().splitlines()
+
+
+def kernel_census(lines):
+    """oneDNN's verbose lines -> {"isa": the CPU ISA oneDNN dispatches to, "kernels":
+    {"kind implementation (source dtype)": [calls, ms]}, "amx": any AMX kernel ran}."""
+    census = {"isa": None, "kernels": {}}
+    for line in lines:
+        fields = line.split(",")
+        if "info" in fields and any(f.startswith("isa:") for f in fields):
+            census["isa"] = next(f[4:] for f in fields if f.startswith("isa:"))
+        if "exec" not in fields:
+            continue
+        i = fields.index("exec")
+        kind, implementation = fields[i + 2], fields[i + 3]
+        source = next((d.split(":")[1] for d in fields[i + 5].split() if d.startswith("src:")), "?")
+        key = f"{kind} {implementation} ({source})"
+        calls, ms = census["kernels"].get(key, [0, 0.0])
+        try:
+            ms += float(fields[-1])
+        except ValueError:
+            pass
+        census["kernels"][key] = [calls + 1, ms]
+    census["kernels"] = dict(sorted(census["kernels"].items(), key=lambda kv: -kv[1][1]))
+    census["amx"] = any("amx" in key for key in census["kernels"])
+    return census
+
+
+def kernels_worker(args):
+    """One forward per dtype with oneDNN's verbose log: which oneDNN kernels run (CPU). Float32
+    matrix products go to MKL / the BLAS, outside oneDNN, and are not listed."""
+    names, is_thing = vocabulary(args.classes)
+    cfg, model = build(args.config_file, args.opts, "cpu", names)
+    model.eval()
+    model.set_vocabulary(names, is_thing)
+    height, width = args.image_size
+    inputs = [{"image": photo(height, width), "height": height, "width": width}]
+    result = {}
+    with torch.no_grad():
+        model.fix_vocabularies([names])
+        for dtype in args.dtypes:
+            model.inference_dtype = dtype
+            model(inputs)  # warm-up: oneDNN creates its primitives here
+            result[dtype] = kernel_census(onednn_log(lambda: model(inputs)))
+    isa = next((census["isa"] for census in result.values() if census["isa"]), None)
+    for census in result.values():  # oneDNN names its ISA once per process
+        census["isa"] = isa
+    return result
 
 
 # ---- training worker ------------------------------------------------------------------------
@@ -390,7 +521,8 @@ def run_worker(args, kind, variant="ours"):
             "--image-size", *map(str, args.image_size), "--classes", str(args.classes),
             "--repeats", str(args.repeats), "--train-config", args.train_config,
             "--train-batch", str(args.train_batch), "--train-size", str(args.train_size),
-            "--train-segments", str(args.train_segments), "--train-repeats", str(args.train_repeats)]
+            "--train-segments", str(args.train_segments), "--train-repeats", str(args.train_repeats),
+            "--dtypes", *args.dtypes]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.opts:
@@ -411,7 +543,7 @@ def main(argv=None):
         import logging
 
         logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
-        worker = inference_worker if args.worker == "inference" else training_worker
+        worker = {"inference": inference_worker, "training": training_worker, "kernels": kernels_worker}[args.worker]
         print(json.dumps(worker(args)))
         return
 
@@ -422,10 +554,13 @@ def main(argv=None):
         "config": os.path.relpath(args.config_file, REPO), "clip": cfg.MODEL.CLIP.NAME,
         "device": args.device, "threads": args.threads or torch.get_num_threads(),
         "image_size": args.image_size, "proposals": cfg.MODEL.MASKCLIP.NUM_PROPOSALS,
-        "classes": args.classes, "repeats": args.repeats,
+        "classes": args.classes, "repeats": args.repeats, "dtypes": args.dtypes,
+        "cpu_load_average": os.getloadavg(), "cpu_count": os.cpu_count(),
     }
     if not args.no_inference:
         results["inference"] = {v: run_worker(args, "inference", v) for v in args.variants}
+        if args.device == "cpu" and not args.no_kernels:
+            results["kernels"] = run_worker(args, "kernels")
     if not args.no_training:
         results["training"] = run_worker(args, "training")
     if args.json:
@@ -451,11 +586,44 @@ def report(results):
               f"(inference {r['inference_peak_rss_gb']:.2f} GB); checkpoint {r['checkpoint_mb']:.1f} MB "
               f"(full {r['full_checkpoint_mb']:.1f} MB); tasks {r['tasks_s']:.2f} s vs reference "
               f"{r['reference_tasks_s']:.2f} s (x{r['tasks_over_reference']:.2f}, {r['panoptic_masks_kept']} masks kept)")
+    dtype_table(results)
     if "training" in results:
         t = results["training"]
         print(f"  training, {t['clip']}, batch {t['batch']} x {t['image_size']} px: ours {t['ours_s']:.2f} s, "
               f"{t['ours_peak_mb']:.0f} MB; dense reference {t['dense_reference_s']:.2f} s, "
               f"{t['dense_reference_peak_mb']:.0f} MB (time x{t['time_ratio']:.2f}, memory x{t['peak_ratio']:.2f})")
+
+
+
+def dtype_table(results):
+    """Per variant and dtype: seconds per stage and the ratio to the first dtype, the peak RSS
+    of one forward; the bounds against the first dtype; the oneDNN kernels that ran."""
+    dtypes = results.get("dtypes", [])
+    columns = ("total", *STAGES, "post_processing")
+    for variant, r in results.get("inference", {}).items():
+        if "dtypes" not in r:
+            continue
+        print(f"\n{variant} (peak RSS of the process, build included: {r['peak_rss_gb']:.2f} GB)")
+        print("| dtype | " + " | ".join(f"{c} s" for c in columns) + " | forward peak RSS GB |")
+        print("|---" * (len(columns) + 2) + "|")
+        first = r["dtypes"][dtypes[0]]
+        for dtype in dtypes:
+            d = r["dtypes"][dtype]
+            cells = [f"{d.get(c + '_s', 0):.2f}" + ("" if dtype == dtypes[0] else
+                     f" (x{d.get(c + '_s', 0) / max(first.get(c + '_s', 0), 1e-9):.2f})") for c in columns]
+            print(f"| {dtype} | " + " | ".join(cells) + f" | {d['inference_peak_rss_gb']:.2f} |")
+        for dtype in dtypes[1:]:
+            b = r["dtypes"][dtype]["bounds"]
+            print(f"  {dtype} vs {dtypes[0]}: mask-feature cosine min {b['mask_feature_cosine_min']:.5f} "
+                  f"(mean {b['mask_feature_cosine_mean']:.5f}); class argmax equal for "
+                  f"{100 * b['class_argmax_agreement']:.1f}% of {b['masks']} masks; output-mask pixels "
+                  f"{100 * b['mask_pixel_agreement']:.2f}%; semantic argmax pixels "
+                  f"{100 * b.get('semantic_pixel_agreement', float('nan')):.2f}%")
+    for dtype, census in results.get("kernels", {}).items():
+        top = list(census["kernels"].items())[:6]
+        print(f"\noneDNN kernels, {dtype} (ISA {census['isa']}; AMX kernels: {'yes' if census['amx'] else 'none'}):")
+        for key, (calls, ms) in top:
+            print(f"  {key}: {calls} calls, {ms / 1000:.2f} s")
 
 
 if __name__ == "__main__":

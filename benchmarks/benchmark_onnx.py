@@ -39,6 +39,11 @@ def get_parser():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON line as well")
+    parser.add_argument(
+        "--dtypes", action="store_true",
+        help="also time PyTorch in bfloat16 (MODEL.MASKCLIP.INFERENCE_DTYPE) and ONNX Runtime on the "
+        "int8 graph (maskclip_d2/quantization.py), with their differences to PyTorch float32",
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
 
@@ -83,6 +88,30 @@ def main(argv=None):
             ("predictor", "pytorch"): lambda: predictor(photo, task="panoptic"),
             ("predictor", "onnxruntime"): lambda: onnx_predictor(photo, task="panoptic"),
         }
+        if args.dtypes:
+            from maskclip_d2.quantization import int8_path, quantize_int8
+
+            int8_predictor = ONNXPredictor(quantize_int8(path, int8_path(path)), num_threads=args.threads)
+            int8_model = int8_predictor.model
+
+            def bf16_predict():
+                model.inference_dtype = "bfloat16"
+                try:
+                    with torch.no_grad():
+                        return model.predict([inputs], vocabulary)
+                finally:
+                    model.inference_dtype = "float32"
+
+            for name, other in (("pytorch_bfloat16", bf16_predict()),
+                                ("onnxruntime_int8", int8_model.predict([inputs], vocabulary))):
+                other_masks = other["refined_masks"][-1] if other["refined_masks"] else other["mask_logits"]
+                diffs[f"{name}_class_logits"] = float((ours["class_logits"] - other["class_logits"]).abs().max())
+                diffs[f"{name}_mask_logits"] = float((masks - other_masks).abs().max())
+                diffs[f"{name}_class_argmax_agreement"] = float(
+                    (ours["class_logits"].argmax(-1) == other["class_logits"].argmax(-1)).float().mean())
+            runs[("predict", "pytorch_bfloat16")] = bf16_predict
+            runs[("predict", "onnxruntime_int8")] = lambda: int8_model.predict([inputs], vocabulary)
+            sizes_mb = {"float32": os.path.getsize(path) / 2**20, "int8": os.path.getsize(int8_path(path)) / 2**20}
         times = {key: [] for key in runs}
         for run in runs.values():
             run()  # warm-up
@@ -102,6 +131,14 @@ def main(argv=None):
         print(f"  {stage:9s}  PyTorch {ours:.3f}s  ONNX Runtime {theirs:.3f}s  ratio ORT/PyTorch {theirs / ours:.2f}")
     print(f"  max |PyTorch - ONNX Runtime|: class logits {diffs['class_logits']:.1e}, "
           f"mask logits {diffs['mask_logits']:.1e}")
+    if args.dtypes:
+        base = best[("predict", "pytorch")]
+        for name in ("pytorch_bfloat16", "onnxruntime_int8"):
+            print(f"  predict {name}: {best[('predict', name)]:.3f}s (x{best[('predict', name)] / base:.2f} of "
+                  f"PyTorch float32); vs PyTorch float32: class logits max diff {diffs[name + '_class_logits']:.1e}, "
+                  f"mask logits {diffs[name + '_mask_logits']:.1e}, class argmax equal for "
+                  f"{100 * diffs[name + '_class_argmax_agreement']:.1f}% of masks")
+        print(f"  image graph: float32 {sizes_mb['float32']:.1f} MB, int8 {sizes_mb['int8']:.1f} MB")
     if args.json:
         print(json.dumps({
             "config": args.config_file, "threads": args.threads, "export_s": export_s,

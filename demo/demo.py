@@ -39,6 +39,7 @@ from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
 from maskclip_d2.given_masks import read_masks
 from maskclip_d2.mask_files import mask_file_paths
+from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
     TASKS, Predictor, parse_tasks as parse_task_list, parse_vocabulary, read_rgb_image, thing_flags,
@@ -112,6 +113,7 @@ def get_parser():
         "(COCO panoptic), <name>.semantic.png (class per pixel), <name>.instances.json (COCO "
         "results, RLE) and categories.json (maskclip_d2.mask_files); before --confidence-threshold",
     )
+    add_dtype_argument(parser)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
 
@@ -300,7 +302,7 @@ def masks_files(masks, inputs):
 
 
 def setup_cfg(args):
-    cfg = get_maskclip_cfg(args.config_file, args.opts)
+    cfg = get_maskclip_cfg(args.config_file, list(args.opts) + dtype_opts(args))
     if args.proposals:
         cfg.MODEL.MASKCLIP.PROPOSAL_NETWORK = args.proposals
     cfg.freeze()
@@ -328,9 +330,9 @@ def main(argv=None):
             print("error: --masks runs the PyTorch model (an exported graph computes its own "
                   "proposals); use --config-file", file=sys.stderr)
             return 2
-        if args.config_file or args.proposals:
+        if args.config_file or args.proposals or args.dtype:
             print("error: --backend onnx reads the config stored in --onnx-model; drop "
-                  "--config-file / --proposals", file=sys.stderr)
+                  "--config-file / --proposals / --dtype", file=sys.stderr)
             return 2
     elif not args.config_file:
         print("error: --config-file is required (or --backend onnx --onnx-model FILE)", file=sys.stderr)

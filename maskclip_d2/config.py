@@ -101,6 +101,11 @@ def add_maskclip_config(cfg):
     # Free the text tower's weights once the vocabularies are fixed (train_net.py --eval-only:
     # every test dataset's vocabulary is embedded first); a new vocabulary reloads it from WEIGHTS.
     cfg.MODEL.CLIP.RELEASE_TEXT_TOWER = True
+    # Embed, then offload: between embeddings a text tower living on the CPU is kept in a
+    # memory-mapped temporary file, not in memory (0.49 GB less resident at ViT-L/14@336px for
+    # a Predictor or demo that keeps its tower for new vocabularies); the same weights and
+    # embeddings. See modeling/clip/text_tower_offload.py.
+    cfg.MODEL.CLIP.OFFLOAD_TEXT_TOWER = True
 
     # ---- MaskCLIP ------------------------------------------------------------------------
     cfg.MODEL.MASKCLIP = CN()
@@ -135,6 +140,10 @@ def add_maskclip_config(cfg):
     # Resampling of the image to R x R: "bicubic" (the authors': without antialiasing, as their
     # torchvision 0.11 did), "bicubic_antialias", "bilinear", "bilinear_antialias".
     cfg.MODEL.MASKCLIP.CLIP_INTERPOLATION = "bicubic"
+    # Inference precision of the proposal network and the encoder: "float32" (the paper's) or
+    # "bfloat16" (autocast on CPU or CUDA; text embeddings, classification and post-processing
+    # stay float32; see modeling/inference_dtype.py). Training is always float32.
+    cfg.MODEL.MASKCLIP.INFERENCE_DTYPE = "float32"
 
     # Proposals: "mask2former" (class-agnostic Mask2Former), "maskrcnn" (Detectron2's Mask
     # R-CNN, one class, class-agnostic masks), "sam" (Segment Anything's automatic masks,

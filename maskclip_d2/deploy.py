@@ -100,6 +100,11 @@ def check_exportable(model: nn.Module) -> None:
             f"MODEL.MASKCLIP.MODE {type(model.encoder).__name__} does not export: use 'rma' or "
             "'mask_tokens'"
         )
+    if model.inference_dtype != "float32":
+        raise ValueError(
+            f"MODEL.MASKCLIP.INFERENCE_DTYPE is {model.inference_dtype!r}: the ONNX export is "
+            "float32; export with MODEL.MASKCLIP.INFERENCE_DTYPE float32"
+        )
     if not isinstance(model.proposal_network, Mask2FormerProposals):
         raise ValueError(
             f"proposals from {type(model.proposal_network).__name__} do not export: "

@@ -31,6 +31,7 @@ from .config import get_maskclip_cfg
 from .given_masks import read_masks
 from .mask_files import save_masks
 from .modeling.clip.text_encoder import check_vocabulary
+from .modeling.inference_dtype import check_inference_dtype
 from .modeling.maskclip import MaskCLIP
 from .modeling.proposals.sources import GTProposals
 from .vocabularies import resolve_vocabulary
@@ -214,11 +215,13 @@ class Predictor:
         device: Optional[str] = None,
         model: Optional[torch.nn.Module] = None,
         opts: Sequence[str] = (),
+        dtype: Optional[str] = None,
     ):
         """
         Args:
             cfg: a MaskCLIP config or the path of its yaml file.
-            weights, device: override ``MODEL.WEIGHTS`` and ``MODEL.DEVICE``.
+            weights, device, dtype: override ``MODEL.WEIGHTS``, ``MODEL.DEVICE`` and
+                ``MODEL.MASKCLIP.INFERENCE_DTYPE`` ("float32" or "bfloat16").
             opts: other config overrides, KEY VALUE pairs as on the command line
                 (``["MODEL.CLIP.WEIGHTS", "clip.pth", "TEST.DETECTIONS_PER_IMAGE", "50"]``).
             model: a MaskCLIP already built for ``cfg`` (e.g. ``maskclip_d2.deploy``'s, which
@@ -236,12 +239,16 @@ class Predictor:
             cfg.MODEL.WEIGHTS = weights
         if device is not None:
             cfg.MODEL.DEVICE = device
+        if dtype is not None:
+            cfg.MODEL.MASKCLIP.INFERENCE_DTYPE = check_inference_dtype(dtype)
         cfg.freeze()
         self.cfg = cfg
         if model is None:
             model = build_model(cfg)
             if cfg.MODEL.WEIGHTS:
                 StrictCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        if dtype is not None and hasattr(model, "inference_dtype"):
+            model.inference_dtype = dtype
         self.model = model
         self.model.eval()
         self.resize = T.ResizeShortestEdge(

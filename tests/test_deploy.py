@@ -195,3 +195,49 @@ def test_demo_onnx_backend_draws_the_same_segments(exported, tmp_path, capsys):
 
     assert demo.main(["--backend", "onnx", "--onnx-model", str(tmp_path / "none.onnx")]) == 2
     assert "none.onnx not found; create it with tools/export_onnx.py" in capsys.readouterr().err
+
+
+def test_export_tool_check_says_ok_for_a_correct_export(exported, capsys):
+    """The self-check of tools/export_onnx.py on a correct export: every output within its
+    relative tolerance, the segments' agreement reported, no "error"."""
+    tool = load_script("tools/export_onnx.py")
+
+    cfg, model, onnx_model = exported
+    assert tool.compare(cfg, model, onnx_model.path) is True
+    out = capsys.readouterr()
+    assert "error" not in out.err and "TOO LARGE" not in out.out
+    assert "ok: ONNX Runtime's outputs equal PyTorch's up to float32 rounding" in out.out
+    assert "of pixels in a segment of the same class" in out.out
+
+
+def test_int8_graph_runs_like_the_float32_one_within_int8_bounds(exported, capsys):
+    """ONNX Runtime's dynamic int8 quantization (maskclip_d2/quantization.py): a smaller file
+    that ONNXPredictor runs with the export's config and text graph; its outputs within the
+    int8 tolerances of PyTorch float32, and the tool's check says ok."""
+    from maskclip_d2.export_check import compare_outputs
+    from maskclip_d2.quantization import INT8_RELATIVE_TOLERANCES, int8_path, quantize_int8
+
+    tool = load_script("tools/export_onnx.py")
+
+    cfg, model, onnx_model = exported
+    path = quantize_int8(onnx_model.path, int8_path(onnx_model.path))
+    assert path.endswith(".int8.onnx")
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    # the linear layers' weights (written as Transpose + MatMul by torch.onnx) are int8 now
+    assert ops.count("MatMulInteger") >= 30, ops.count("MatMulInteger")
+    int8 = ONNXRuntimeMaskCLIP(path, num_threads=1)
+    assert int8.vocabulary == model.vocabulary
+    inputs = _photo_inputs(cfg, model, "astronaut")
+    vocabulary = model.text_encoder.encode_vocabulary(model.vocabulary)
+    with torch.no_grad():
+        ours = model.predict([inputs], vocabulary)
+    ours["mask_logits"] = ours["refined_masks"][-1]
+    report = compare_outputs(ours, int8.predict([inputs], vocabulary), INT8_RELATIVE_TOLERANCES)
+    assert all(r["within"] for r in report.values()), report
+    assert report["mask_logits"]["max_abs"] > 0  # really another computation
+    assert tool.compare(cfg, model, path, INT8_RELATIVE_TOLERANCES, "int8 quantization") is True
+    assert "ok: ONNX Runtime's outputs equal PyTorch's up to int8 quantization" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="is the graph to quantize"):
+        quantize_int8(path, path)

@@ -6,7 +6,8 @@ class logits, mask logits, objectness) and a text graph (CLIP's text tower), for
         [--opts MODEL.WEIGHTS model_final.pth ...]
 
 writes ``model.onnx`` and ``model.text.onnx`` (each whole or not at all), then checks them: one
-photograph through PyTorch and through ONNX Runtime, the largest logit differences printed.
+photograph through PyTorch and through ONNX Runtime, each output's largest difference relative
+to its scale (maskclip_d2/export_check.py) and the segments' agreement printed.
 Run the result with ``demo/demo.py --backend onnx --onnx-model model.onnx`` or
 ``maskclip_d2.deploy.ONNXPredictor("model.onnx")``. See maskclip_d2/deploy.py for the graphs.
 """
@@ -23,6 +24,10 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
 from maskclip_d2.deploy import ONNXPredictor, check_exportable, export_onnx, text_graph_path  # noqa: E402
+from maskclip_d2.export_check import (  # noqa: E402
+    RELATIVE_TOLERANCES, compare_outputs, compare_segments, format_report,
+)
+from maskclip_d2.quantization import INT8_RELATIVE_TOLERANCES, int8_path, quantize_int8  # noqa: E402
 from maskclip_d2.predictor import Predictor  # noqa: E402
 
 
@@ -34,6 +39,11 @@ def get_parser():
     parser.add_argument(
         "--optimize", action="store_true",
         help="also run onnxscript's graph optimizer (slower export; ONNX Runtime optimizes on load anyway)",
+    )
+    parser.add_argument(
+        "--int8", action="store_true",
+        help="also write NAME.int8.onnx: ONNX Runtime's dynamic int8 quantization of the image graph "
+        "(maskclip_d2/quantization.py), checked against PyTorch float32 with int8-sized tolerances",
     )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
@@ -52,20 +62,17 @@ def check_outputs(args, cfg):
     if not args.output.endswith(".onnx"):
         raise ValueError(f"--output must name an .onnx file, got {args.output}")
     inputs = input_files(args, cfg)
-    for path in (args.output, text_graph_path(args.output)):
+    for path in (args.output, text_graph_path(args.output), int8_path(args.output)):
         if os.path.realpath(path) in inputs:
             raise ValueError(f"{path} is an input of the export; choose another --output")
         if os.path.isdir(path):
             raise ValueError(f"{path} is a folder; --output must name a file")
 
 
-# What the check accepts (float32 rounding; class logits are cosine / temperature).
-TOLERANCES = {"class_logits": 1e-3, "mask_logits": 1e-4, "objectness": 1e-4}
-
-
-def compare(cfg, model, path):
-    """Largest |PyTorch - ONNX Runtime| of the outputs on a photograph (True if within
-    TOLERANCES), and how many panoptic pixels agree."""
+def compare(cfg, model, path, tolerances=RELATIVE_TOLERANCES, rounding="float32 rounding"):
+    """PyTorch against ONNX Runtime on a photograph: each output's largest difference relative
+    to its scale (``maskclip_d2.export_check``) and the segments' agreement, printed. True if
+    every output is within its tolerance."""
     import skimage.data
 
     photo = skimage.data.astronaut()
@@ -78,19 +85,17 @@ def compare(cfg, model, path):
     theirs = onnx_predictor.model.predict([inputs], vocabulary)
     refined = ours["refined_masks"]
     ours["mask_logits"] = refined[-1] if refined else ours["mask_logits"]
-    within = True
-    for key, tolerance in TOLERANCES.items():
-        difference = float((ours[key] - theirs[key]).abs().max())
-        within &= difference <= tolerance
-        print(f"  {key}: max |PyTorch - ONNX Runtime| = {difference:.1e} (tolerance {tolerance:.0e})")
-    a = torch_predictor(photo, task="panoptic")["panoptic_seg"]
-    b = onnx_predictor(photo, task="panoptic")["panoptic_seg"]
-    differ = int((a[0] != b[0]).sum())
-    print(f"  panoptic on skimage's astronaut: {len(a[1])} segments (PyTorch), {len(b[1])} "
-          f"(ONNX Runtime); {differ} of {a[0].numel()} pixels differ (near-ties between "
-          "overlapping masks may flip a few)")
-    if not within:
-        print("error: ONNX Runtime's outputs differ from PyTorch's beyond the tolerance", file=sys.stderr)
+    outputs = compare_outputs(ours, theirs, tolerances)
+    segments = compare_segments(
+        torch_predictor(photo, task="panoptic,semantic"), onnx_predictor(photo, task="panoptic,semantic")
+    )
+    print(f"check of {path} on skimage's astronaut:\n{format_report(outputs, segments)}")
+    within = all(r["within"] for r in outputs.values())
+    if within:
+        print(f"ok: ONNX Runtime's outputs equal PyTorch's up to {rounding}")
+    else:
+        print(f"error: ONNX Runtime's outputs differ from PyTorch's beyond {rounding} "
+              "(see the TOO LARGE rows)", file=sys.stderr)
     return within
 
 
@@ -116,9 +121,14 @@ def main(argv=None):
     start = time.perf_counter()
     paths = export_onnx(model, cfg, args.output, optimize=args.optimize)
     print(f"wrote {paths['image_graph']} and {paths['text_graph']} in {time.perf_counter() - start:.0f}s")
-    if not args.no_check:
-        return 0 if compare(cfg, model, args.output) else 1
-    return 0
+    ok = args.no_check or compare(cfg, model, args.output)
+    if args.int8:
+        int8 = quantize_int8(args.output, int8_path(args.output))
+        print(f"wrote {int8} ({os.path.getsize(int8) / 2**20:.1f} MB; float32: "
+              f"{os.path.getsize(args.output) / 2**20:.1f} MB)")
+        if not args.no_check:
+            ok = compare(cfg, model, int8, INT8_RELATIVE_TOLERANCES, "int8 quantization") and ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

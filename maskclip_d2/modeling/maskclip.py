@@ -28,6 +28,7 @@ from .encoder.clip_baseline import CLIPBaselineEncoder
 from .clip.openai_loader import build_clip_model, clip_architecture_from_cfg
 from .losses.criterion import SetCriterion, build_set_criterion, gt_masks_of
 from .encoder.maskclip_encoder import MaskCLIPVisualEncoder
+from .inference_dtype import check_inference_dtype, inference_autocast, proposal_memory_format
 from .postprocessing import (
     INSTANCE_THING_FILTERS,
     OVERLAP_RULES,
@@ -155,6 +156,7 @@ class MaskCLIP(nn.Module):
         proposal_weights: Optional[str] = None,
         frozen_weights_in_checkpoints: bool = True,
         release_text_tower: bool = False,
+        inference_dtype: str = "float32",
     ):
         """
         Args:
@@ -187,6 +189,8 @@ class MaskCLIP(nn.Module):
             frozen_weights_in_checkpoints: checkpoints hold the frozen weights even when the
                 config names them (see ``weights_from_config``).
             release_text_tower: ``fix_vocabularies`` frees the text tower after embedding.
+            inference_dtype: "float32" or "bfloat16": the proposal network and the encoder
+                under autocast in inference (``inference_dtype.py``); training is float32.
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
@@ -229,6 +233,7 @@ class MaskCLIP(nn.Module):
         self.proposal_weights = proposal_weights
         self.frozen_weights_in_checkpoints = frozen_weights_in_checkpoints
         self.release_text_tower = release_text_tower
+        self.inference_dtype = check_inference_dtype(inference_dtype)
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
         self.set_vocabulary(vocabulary, is_thing)
@@ -328,6 +333,7 @@ class MaskCLIP(nn.Module):
             ),
             "frozen_weights_in_checkpoints": mc.FROZEN_WEIGHTS_IN_CHECKPOINTS,
             "release_text_tower": cfg.MODEL.CLIP.RELEASE_TEXT_TOWER,
+            "inference_dtype": mc.INFERENCE_DTYPE,
         }
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -446,6 +452,18 @@ class MaskCLIP(nn.Module):
             resized.append((image - self.clip_pixel_mean) / self.clip_pixel_std)
         return torch.stack(resized)
 
+    def precision(self):
+        """The context ``predict`` runs the networks in: bfloat16 autocast on the model's
+        device in inference with ``inference_dtype`` "bfloat16", else nothing (float32). In
+        bfloat16 the proposal network's convolutions take channels-last weights (faster bf16
+        kernels); in float32 they are contiguous, as built."""
+        dtype = "float32" if self.training else self.inference_dtype
+        proposal_format = proposal_memory_format(dtype)
+        if getattr(self, "_proposal_format", torch.contiguous_format) != proposal_format:
+            self.proposal_network.to(memory_format=proposal_format)
+            self._proposal_format = proposal_format
+        return inference_autocast(self.device, dtype)
+
     def predict(self, batched_inputs: List[Dict], class_embeddings: torch.Tensor) -> Dict:
         """The tensor part of ``forward``: proposals -> MaskCLIP Visual Encoder -> class logits,
         before any loss or post-processing. ``tools/export_onnx.py`` exports this method, so
@@ -465,10 +483,17 @@ class MaskCLIP(nn.Module):
         """
         size = self.clip_resolution
         padded_size = self.padded_size(batched_inputs)
-        mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
-        mask_logits, objectness = mask_logits.to(self.device), objectness.to(self.device)
-        encoded = self.encoder(self.clip_images(batched_inputs, padded_size), mask_logits)
-        class_logits = self.text_encoder.classify(encoded["features"], class_embeddings, no_object=True)
+        precision = self.precision()
+        with precision:
+            mask_logits, objectness = self.proposal_network(batched_inputs, size, padded_size)
+        mask_logits = mask_logits.to(self.device, torch.float32)
+        objectness = objectness.to(self.device, torch.float32)
+        images = self.clip_images(batched_inputs, padded_size)
+        with precision:
+            encoded = self.encoder(images, mask_logits)
+        features = encoded["features"].float()
+        encoded["masks"] = [masks.float() for masks in encoded["masks"]]
+        class_logits = self.text_encoder.classify(features, class_embeddings, no_object=True)
         return {
             "class_logits": class_logits, "mask_logits": mask_logits, "objectness": objectness,
             "refined_masks": encoded["masks"], "padded_size": padded_size,

@@ -1,27 +1,10 @@
 """The MaskCLIP meta-architecture on the tiny config: output formats, odd inputs, GT proposals,
 and what trains."""
-from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Instances
 
-from helpers.tiny_maskclip import VOCABULARY, tiny_cfg, tiny_model
-
-def image_input(height, width, masks=None, classes=None, out_size=None):
-    g = torch.Generator().manual_seed(height * 1000 + width)
-    x = {"image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)}
-    if out_size is not None:
-        x["height"], x["width"] = out_size
-    if masks is not None:
-        inst = Instances((height, width))
-        inst.gt_masks = BitMasks(masks)
-        inst.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
-        x["instances"] = inst
-    return x
-
+from helpers.tiny_maskclip import VOCABULARY, image_input, tiny_model
 
 def two_rectangles(height, width):
     masks = torch.zeros((2, height, width), dtype=torch.bool)

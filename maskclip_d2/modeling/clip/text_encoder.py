@@ -40,6 +40,7 @@ from detectron2.config import configurable
 
 from .openai_loader import build_clip_tokenizer
 from .towers import text_transformer_forward
+from .text_tower_offload import TowerFile
 
 __all__ = ["CLIPTextEncoder", "check_vocabulary", "ensemble_embeddings"]
 
@@ -69,6 +70,7 @@ class CLIPTextEncoder(nn.Module):
         batch_size: int = 256,
         tower_device: Optional[str] = None,
         tower_loader: Optional[Callable[[], CLIP]] = None,
+        offload_tower: bool = False,
     ):
         """
         Args:
@@ -88,6 +90,9 @@ class CLIPTextEncoder(nn.Module):
             tower_loader: returns a CLIP with the same text tower (e.g. reloads the CLIP
                 weights the config names); lets ``release_tower`` be undone when a new
                 vocabulary comes. None: a released tower cannot be rebuilt.
+            offload_tower: after each embedding, a tower living on the CPU is kept in a
+                memory-mapped temporary file instead of memory (``text_tower_offload.py``):
+                the same weights, resident only while they embed.
         """
         super().__init__()
         self.prompt_templates = tuple(prompt_templates)
@@ -112,6 +117,8 @@ class CLIPTextEncoder(nn.Module):
         self.tower_device = None if tower_device is None else torch.device(tower_device)
         self.tower_loader = tower_loader
         self.tower_released = False
+        self.offload_tower = offload_tower
+        self._tower_file: Optional[TowerFile] = None
         self._take_tower(clip_model)
 
         self._cache: Dict[Tuple, torch.Tensor] = {}
@@ -140,6 +147,7 @@ class CLIPTextEncoder(nn.Module):
             "split_synonyms": cfg.MODEL.MASKCLIP.SPLIT_SYNONYMS,
             "tower_device": cfg.MODEL.CLIP.TEXT_TOWER_DEVICE or None,
             "tower_loader": tower_loader,
+            "offload_tower": cfg.MODEL.CLIP.OFFLOAD_TEXT_TOWER,
         }
 
     # ---- where the tower lives ---------------------------------------------------------------
@@ -179,6 +187,7 @@ class CLIPTextEncoder(nn.Module):
             return
         self._released_home = self.tower_home
         self._released_dtype = self.text_projection.dtype
+        self._close_tower_file()
         self._move_tower("meta")
         self.tower_released = True
 
@@ -268,7 +277,23 @@ class CLIPTextEncoder(nn.Module):
             finally:
                 if device != home:
                     self._move_tower(home)
+            self._offload()
         return self._cache[key]
+
+    # ---- embed, then offload -------------------------------------------------------------
+    def _offload(self) -> None:
+        """With ``offload_tower``, a tower at home on the CPU goes to (or back to) its file."""
+        if not self.offload_tower or self.tower_released or self.tower_home.type != "cpu":
+            return
+        if self._tower_file is None or not self._tower_file.matches(self):
+            self._close_tower_file()
+            self._tower_file = TowerFile(self)
+        self._tower_file.remap(self)
+
+    def _close_tower_file(self) -> None:
+        if self._tower_file is not None:
+            self._tower_file.close()
+            self._tower_file = None
 
     def set_class_embeddings(self, class_names: Sequence[str], embeddings: torch.Tensor) -> None:
         """Use precomputed / custom text embeddings for ``class_names`` from now on.
@@ -338,6 +363,7 @@ class CLIPTextEncoder(nn.Module):
 
     def _clear_cache(self, *args):
         self._cache.clear()  # the weights are about to change
+        self._close_tower_file()  # (loaded in place: the next offload writes them)
         if self.tower_released:
             self._restore_tower()  # something to load them into
 

@@ -5,20 +5,8 @@ import clip
 import pytest
 import torch
 import torch.nn.functional as F
-from clip.model import CLIP
 
 from maskclip_d2.modeling import CLIPTextEncoder
-
-
-@pytest.fixture(scope="module")
-def clip_model():
-    torch.manual_seed(0)
-    # OpenAI's vocabulary size, so that clip.tokenize works; everything else tiny.
-    return CLIP(
-        embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64,
-        vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=64,
-        transformer_heads=1, transformer_layers=2,
-    ).eval()
 
 
 def clip_embeddings(model, texts):
