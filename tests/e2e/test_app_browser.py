@@ -140,16 +140,23 @@ def requested_urls(driver):
 
 
 def expected_rendering(checkpoint, rgb, threshold, vocab=VOCAB, stuff=STUFF, **options):
-    """What the page must show: the Predictor's outputs, drawn as demo/demo.py draws them."""
+    """What the page must show: the Predictor's outputs, drawn as demo/demo.py draws them.
+    Torch runs on one thread here, as in the server (OMP_NUM_THREADS=1): the random tiny
+    model's near-tie scores otherwise follow the thread count."""
     from maskclip_d2.visualization import draw_outputs
 
     from maskclip_d2 import Predictor
 
-    predictor = Predictor(TINY, weights=checkpoint)
-    vocabulary = [c.strip() for c in vocab.split(";")]
-    stuff = [s.strip() for s in stuff.split(";") if s.strip()] or None
-    cached = predictor.model_outputs(rgb, vocabulary=vocabulary, stuff=stuff)
-    outputs = predictor.postprocess(cached, task="all", **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        predictor = Predictor(TINY, weights=checkpoint)
+        vocabulary = [c.strip() for c in vocab.split(";")]
+        stuff = [s.strip() for s in stuff.split(";") if s.strip()] or None
+        cached = predictor.model_outputs(rgb, vocabulary=vocabulary, stuff=stuff)
+        outputs = predictor.postprocess(cached, task="all", **options)
+    finally:
+        torch.set_num_threads(threads)
     drawn, segments = draw_outputs(rgb, outputs, vocabulary, TASKS, threshold)
     return outputs, drawn, segments
 
