@@ -53,6 +53,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from maskclip_d2.synthetic_world.analysis import mask_token_view  # noqa: E402
+from maskclip_d2.synthetic_world.clip_pretraining import SYNTHETIC_CLIP  # noqa: E402
 from maskclip_d2.synthetic_world.report import summarize  # noqa: E402
 from maskclip_d2.synthetic_world.world import CONCEPTS, write_world  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
@@ -80,6 +82,7 @@ SPLITS = {"all": "synthetic_world_val_all", "base": "synthetic_world_val_base",
 BREAKS = ("shuffle_labels", "random_clip", "vocab_offset")
 STAGE1_CONFIG = "configs/synthetic/class_agnostic_mask2former.yaml"
 NOVEL = {c.name for c in CONCEPTS if c.novel}
+CLIP_PATCH_SIZE = SYNTHETIC_CLIP.vision_patch_size
 IMAGE_SIZES = (64, 128)
 # --proposal-remedy: stage-1 config options of each remedy for novel-class proposals
 PROPOSAL_REMEDIES = {"void_unpenalised": ["MODEL.MASK_FORMER.VOID_UNPENALISED_FRACTION", 0.5]}
@@ -94,10 +97,11 @@ class Job:
 
 
 def build_jobs(out: Path, scale: dict, broken: str, seed: int = 0, image_size: int = 64,
-               ablations: bool = False, remedy: str = None):
+               ablations: bool = False, remedy: str = None, clip_weights: Path = None):
     python = sys.executable
     train_net = str(REPO / "train_net.py")
-    clip_weights = out / "clip" / "synthetic_clip.pth"
+    pretrain_clip = clip_weights is None and broken != "random_clip"
+    clip_weights = clip_weights or out / "clip" / "synthetic_clip.pth"
     stage1 = out / "stage1" / "model_final.pth"
     # every train_net.py phase: the seed and the world's image size
     common = ["SEED", seed, "INPUT.IMAGE_SIZE", image_size, "INPUT.MIN_SIZE_TEST", image_size,
@@ -106,10 +110,10 @@ def build_jobs(out: Path, scale: dict, broken: str, seed: int = 0, image_size: i
     clip_opts = [*common, "MODEL.CLIP.ARCHITECTURE.IMAGE_RESOLUTION", image_size,
                  "MODEL.CLIP.WEIGHTS", "random" if broken == "random_clip" else clip_weights,
                  "MODEL.MASKCLIP.PROPOSAL_WEIGHTS", stage1]
-    clip_dep = () if broken == "random_clip" else ("clip",)
+    clip_dep = ("clip",) if pretrain_clip else ()
     logs = out / "logs"
     jobs = []
-    if broken != "random_clip":
+    if pretrain_clip:
         argv = [python, "-m", "maskclip_d2.synthetic_world.clip_pretraining", "--output", clip_weights,
                 "--steps", scale["clip_steps"], "--seed", seed, "--image-size", image_size]
         if broken == "shuffle_labels":
@@ -234,17 +238,20 @@ def read_json(path: Path):
 
 
 def _mode_figures(evaluated) -> dict:
+    """PQ (things, stuff), SQ, RQ, mIoU, AP per split; the IoU of every class on val_all."""
     figures = {}
     for split, dataset in SPLITS.items():
         r = evaluated[dataset]
+        pq = r["panoptic_seg"]
         figures[split] = {
-            "PQ": r["panoptic_seg"]["PQ"], "SQ": r["panoptic_seg"]["SQ"], "RQ": r["panoptic_seg"]["RQ"],
+            "PQ": pq["PQ"], "SQ": pq["SQ"], "RQ": pq["RQ"], "PQ_th": pq["PQ_th"], "PQ_st": pq["PQ_st"],
             "mIoU": r["sem_seg"]["mIoU"], "AP": r.get("segm", {}).get("AP", float("nan")),
         }
+    figures["class_IoU"] = {c.name: evaluated[SPLITS["all"]]["sem_seg"][f"IoU-{c.name}"] for c in CONCEPTS}
     return figures
 
 
-def collect(out: Path, settings: dict) -> dict:
+def collect(out: Path, settings: dict, clip_weights: Path = None) -> dict:
     """results.json: the figures of a finished run and the settings that made them; nothing
     that changes between two runs of the same command (times and paths go to run.json)."""
     results = dict(settings)
@@ -261,7 +268,7 @@ def collect(out: Path, settings: dict) -> dict:
         results[key] = {split: evaluated[dataset]["proposals"]["recall@0.5"] for split, dataset in SPLITS.items()}
         results[key.replace("recall_50", "mean_best_iou")] = {
             split: evaluated[dataset]["proposals"]["mean_best_IoU"] for split, dataset in SPLITS.items()}
-    clip_report = out / "clip" / "synthetic_clip.pth.json"
+    clip_report = Path(f"{clip_weights}.json") if clip_weights else out / "clip" / "synthetic_clip.pth.json"
     if clip_report.exists():
         accuracy = read_json(clip_report)["zero_shot_accuracy"]
         results["clip_zero_shot_accuracy"] = accuracy
@@ -269,6 +276,9 @@ def collect(out: Path, settings: dict) -> dict:
             "all": 100 * sum(accuracy.values()) / len(accuracy),
             **{split: 100 * sum(a for name, a in accuracy.items() if (name in NOVEL) == (split == "novel"))
                / sum((name in NOVEL) == (split == "novel") for name in accuracy) for split in ("base", "novel")}}
+    # how much of a ground-truth segment its mask class token sees, on this CLIP grid
+    results["mask_token_view"] = mask_token_view(str(out / "datasets" / "synthetic_world"), "val_all",
+                                                 patch_size=CLIP_PATCH_SIZE)
     losses = []
     with open(out / "stage2" / "metrics.json") as f:
         for line in f:
@@ -339,12 +349,29 @@ def check_output(out: Path, reuse_finished: bool = False) -> bool:
     return False
 
 
+def check_clip_weights(clip_weights: Path, seed: int, image_size: int, steps: int) -> None:
+    """A CLIP given with --clip-weights must be the one this run would pre-train."""
+    try:
+        report = read_json(Path(f"{clip_weights}.json"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--clip-weights {clip_weights}: cannot read its report {clip_weights}.json ({e}); "
+                         "give a synthetic_clip.pth written by tools/synthetic_world.py")
+    made = (report.get("seed"), report["architecture"]["image_resolution"], report.get("steps"))
+    if made != (seed, image_size, steps) or not clip_weights.is_file():
+        raise SystemExit(f"--clip-weights {clip_weights} was pre-trained with (seed, image size, steps) {made}, "
+                         f"this run needs {(seed, image_size, steps)}")
+
+
 def run_study(out: Path, scale_name: str, seed: int, image_size: int, ablations: bool = False,
-              remedy: str = None, broken: str = None, jobs: int = 2) -> dict:
-    """One run of the study into ``out`` (new or empty): writes results.json and run.json."""
+              remedy: str = None, broken: str = None, jobs: int = 2, clip_weights: Path = None) -> dict:
+    """One run of the study into ``out`` (new or empty): writes results.json and run.json.
+    ``clip_weights``: the CLIP of an earlier run of the same seed and size, instead of
+    pre-training it again (the same weights: pre-training is deterministic)."""
     scale = SCALES[scale_name]
+    if clip_weights is not None:
+        check_clip_weights(clip_weights, seed, image_size, scale["clip_steps"])
     settings = {"scale": scale_name, "seed": seed, "image_size": image_size,
-                "clip_token_grid": image_size // 8, "proposal_remedy": remedy, "break": broken,
+                "clip_token_grid": image_size // CLIP_PATCH_SIZE, "proposal_remedy": remedy, "break": broken,
                 "settings": scale}
     started, started_cpu = time.time(), time.process_time()
     print(f"synthetic world, scale {scale_name} {scale}, seed {seed}, {image_size} px"
@@ -361,8 +388,9 @@ def run_study(out: Path, scale_name: str, seed: int, image_size: int, ablations:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASKCLIP_CLIP_DOWNLOAD="0",
                DETECTRON2_DATASETS=str(out / "datasets"),
                PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]))
-    job_list = run_jobs(build_jobs(out, scale, broken, seed, image_size, ablations, remedy), jobs, env, started)
-    results = collect(out, settings)
+    job_list = run_jobs(build_jobs(out, scale, broken, seed, image_size, ablations, remedy, clip_weights),
+                        jobs, env, started)
+    results = collect(out, settings, clip_weights)
     write_demo_inputs(out)
     record = run_record(out, job_list, world_seconds, started)
     with atomic_write(str(out / "run.json")) as tmp, open(tmp, "w") as f:
@@ -405,6 +433,9 @@ def main(argv=None):
                         help="also train and evaluate stage 2 with RMA at other layers (Table 9)")
     parser.add_argument("--proposal-remedy", choices=sorted(PROPOSAL_REMEDIES), default=None,
                         help="train stage 1 with a remedy for suppressed novel-class proposals")
+    parser.add_argument("--clip-weights", default=None,
+                        help="a synthetic_clip.pth of an earlier run with the same seed and image size, "
+                             "reused instead of pre-training (with --seeds: a pattern with {seed})")
     parser.add_argument("--break", dest="broken", choices=BREAKS, default=None,
                         help=argparse.SUPPRESS)  # debugging: prove the tests catch a broken pipeline
     args = parser.parse_args(argv)
@@ -412,9 +443,12 @@ def main(argv=None):
     out = Path(args.output).resolve()
     options = dict(scale_name=args.scale, image_size=args.image_size, ablations=args.ablations,
                    remedy=args.proposal_remedy, broken=args.broken, jobs=args.jobs)
+    def clip_of(seed):
+        return Path(args.clip_weights.format(seed=seed)).resolve() if args.clip_weights else None
+
     if args.seeds is None:
         check_output(out)
-        return run_study(out, seed=args.seed, **options)
+        return run_study(out, seed=args.seed, clip_weights=clip_of(args.seed), **options)
 
     if (out / "summary.json").exists():
         raise SystemExit(f"{out / 'summary.json'} exists: choose another --output (nothing is overwritten)")
@@ -431,7 +465,7 @@ def main(argv=None):
             print(f"seed {seed}: reusing {folder / 'results.json'}", flush=True)
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            results = run_study(folder, seed=seed, **options)
+            results = run_study(folder, seed=seed, clip_weights=clip_of(seed), **options)
         runs.append(results)
     command = "python tools/synthetic_world.py " + " ".join(
         sys.argv[1:] if argv is None else [str(a) for a in argv])

@@ -147,10 +147,37 @@ def table_clip(summaries: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def table_things_stuff(summaries: Sequence[Mapping]) -> str:
+    """PQ of things and of stuff (val_all and val_novel) and the IoU of each novel class, per
+    mode and CLIP token grid."""
+    novel = [n for n in ("purple blob", "orange blob", "water", "brick")]
+    lines = ["| mode (CLIP grid) | PQ things all | PQ stuff all | PQ things novel | PQ stuff novel | "
+             + " | ".join(f"IoU {n}" for n in novel) + " |", "|---" * (5 + len(novel)) + "|"]
+    for summary in summaries:
+        for mode, f in summary["figures"]["modes"].items():
+            cells = [_cell(f["all"]["PQ_th"]), _cell(f["all"]["PQ_st"]), _cell(f["novel"]["PQ_th"]),
+                     _cell(f["novel"]["PQ_st"]), *(_cell(f["class_IoU"][n]) for n in novel)]
+            lines.append(f"| {mode} ({_grid(summary)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_token_view(summaries: Sequence[Mapping]) -> str:
+    """What a mask class token sees of a ground-truth segment (``analysis.mask_token_view``)."""
+    lines = ["| CLIP grid | thing: patches seen % | thing: purity % | stuff: patches seen % | stuff: purity % |",
+             "|---|---|---|---|---|"]
+    for summary in summaries:
+        v = summary["figures"]["mask_token_view"]
+        lines.append(f"| {_grid(summary)} | {_cell(v['thing']['patches'])} | {_cell(v['thing']['purity'])} | "
+                     f"{_cell(v['stuff']['patches'])} | {_cell(v['stuff']['purity'])} |")
+    return "\n".join(lines)
+
+
 TABLES: Dict[str, Callable[[Sequence[Mapping]], str]] = {
     "modes": table_modes,
     "rma_layers": table_rma_layers,
     "proposals": table_proposals,
+    "things_stuff": table_things_stuff,
+    "token_view": table_token_view,
     "clip": table_clip,
 }
 _BLOCK = re.compile(r"(<!-- synthetic-world-table ([a-z_]+)((?: [\w.-]+)+) -->\n)(.*?)(<!-- /synthetic-world-table -->)",
