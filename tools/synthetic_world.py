@@ -53,7 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskclip_d2.synthetic_world.analysis import mask_token_view  # noqa: E402
+from maskclip_d2.synthetic_world.analysis import mask_token_view, pixel_confusion  # noqa: E402
 from maskclip_d2.synthetic_world.clip_pretraining import SYNTHETIC_CLIP  # noqa: E402
 from maskclip_d2.synthetic_world.report import summarize  # noqa: E402
 from maskclip_d2.synthetic_world.world import CONCEPTS, write_world  # noqa: E402
@@ -276,9 +276,13 @@ def collect(out: Path, settings: dict, clip_weights: Path = None) -> dict:
             "all": 100 * sum(accuracy.values()) / len(accuracy),
             **{split: 100 * sum(a for name, a in accuracy.items() if (name in NOVEL) == (split == "novel"))
                / sum((name in NOVEL) == (split == "novel") for name in accuracy) for split in ("base", "novel")}}
+    world = str(out / "datasets" / "synthetic_world")
+    # which class each mode names the pixels of each class (val_all: every class annotated)
+    results["pixel_confusion"] = {
+        mode: pixel_confusion(world, str(out / "eval" / mode / "inference" / "sem_seg_predictions.json"))
+        for mode in MODES}
     # how much of a ground-truth segment its mask class token sees, on this CLIP grid
-    results["mask_token_view"] = mask_token_view(str(out / "datasets" / "synthetic_world"), "val_all",
-                                                 patch_size=CLIP_PATCH_SIZE)
+    results["mask_token_view"] = mask_token_view(world, "val_all", patch_size=CLIP_PATCH_SIZE)
     losses = []
     with open(out / "stage2" / "metrics.json") as f:
         for line in f:

@@ -1,4 +1,6 @@
-"""What a mask class token sees of a ground-truth segment on the CLIP token grid.
+"""Evidence for the synthetic-world study: what a mask class token sees of a ground-truth
+segment on the CLIP token grid (``mask_token_view``), and which class a model names the
+pixels of each class (``pixel_confusion``).
 
 A mask class token attends to every patch its mask touches (``mask_visibility``: the max-pool
 of the thresholded mask by the patch size). On a coarse grid a stuff region, which things
@@ -19,7 +21,7 @@ from PIL import Image
 
 from ..modeling.maskclip_encoder import mask_visibility
 
-__all__ = ["mask_token_view"]
+__all__ = ["mask_token_view", "pixel_confusion"]
 
 
 def mask_token_view(world: str, split: str = "val_all", patch_size: int = 8, threshold: float = 0.5,
@@ -50,3 +52,32 @@ def mask_token_view(world: str, split: str = "val_all", patch_size: int = 8, thr
             sums[kind]["purity"].append(100.0 * float(count[seen].sum()) / (int(seen.sum()) * patch_size ** 2))
     return {kind: {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
             for kind, values in sums.items()}
+
+
+def pixel_confusion(world: str, predictions_file: str, split: str = "val_all") -> Dict[str, Dict[str, float]]:
+    """Which class the model names the pixels of each class: for every class annotated in
+    ``split``, the share (%) of its pixels that Detectron2's ``SemSegEvaluator`` predictions
+    (``sem_seg_predictions.json``: one RLE per image and predicted class) give each class.
+    Row by row over the ground-truth classes; absent classes have no row."""
+    import pycocotools.mask as mask_util
+
+    with open(os.path.join(world, "categories.json")) as f:
+        names = {c["id"]: c["name"] for c in json.load(f)["categories"]}
+    with open(predictions_file) as f:
+        predictions = json.load(f)
+    num = len(names)
+    counts = np.zeros((num, num), dtype=np.int64)  # (ground truth, predicted), contiguous ids
+    by_image: Dict[str, list] = {}
+    for p in predictions:
+        by_image.setdefault(os.path.splitext(os.path.basename(p["file_name"]))[0], []).append(p)
+    for stem, preds in sorted(by_image.items()):
+        gt = np.asarray(Image.open(os.path.join(world, "semantic", split, f"{stem}.png"))).astype(np.int64)
+        for p in preds:
+            predicted = mask_util.decode(p["segmentation"]).astype(bool) & (gt != 255)
+            counts[:, p["category_id"] - 1] += np.bincount(gt[predicted], minlength=num)[:num]
+    table = {}
+    for i in range(num):
+        total = counts[i].sum()
+        if total:
+            table[names[i + 1]] = {names[j + 1]: 100.0 * counts[i, j] / total for j in range(num)}
+    return table

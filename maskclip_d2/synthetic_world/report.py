@@ -161,6 +161,22 @@ def table_things_stuff(summaries: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def table_confusion(summaries: Sequence[Mapping]) -> str:
+    """For each novel class: the share of its pixels each mode names rightly, and the class
+    it names them most often instead (by the mean share over seeds)."""
+    novel = ["purple blob", "orange blob", "water", "brick"]
+    lines = ["| mode (CLIP grid) | " + " | ".join(novel) + " |", "|---" * (1 + len(novel)) + "|"]
+    for summary in summaries:
+        for mode, rows in summary["figures"]["pixel_confusion"].items():
+            cells = []
+            for name in novel:
+                row = rows[name]
+                wrong = max((n for n in row if n != name), key=lambda n: row[n]["mean"])
+                cells.append(f"{_cell(row[name])} (else {wrong}: {row[wrong]['mean']:.0f})")
+            lines.append(f"| {mode} ({_grid(summary)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table_token_view(summaries: Sequence[Mapping]) -> str:
     """What a mask class token sees of a ground-truth segment (``analysis.mask_token_view``)."""
     lines = ["| CLIP grid | thing: patches seen % | thing: purity % | stuff: patches seen % | stuff: purity % |",
@@ -177,6 +193,7 @@ TABLES: Dict[str, Callable[[Sequence[Mapping]], str]] = {
     "rma_layers": table_rma_layers,
     "proposals": table_proposals,
     "things_stuff": table_things_stuff,
+    "confusion": table_confusion,
     "token_view": table_token_view,
     "clip": table_clip,
 }

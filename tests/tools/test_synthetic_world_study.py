@@ -70,6 +70,10 @@ def test_the_same_command_gives_the_same_results_json(study, tmp_path):
             "--image-size", str(results["image_size"]), "--output", str(tmp_path / "again")]
     if results.get("break"):
         argv += ["--break", results["break"]]
+    if results.get("proposal_remedy"):
+        argv += ["--proposal-remedy", results["proposal_remedy"]]
+    if "rma_layer_ablations" in results:
+        argv.append("--ablations")
     subprocess.run([sys.executable, str(REPO / "tools/synthetic_world.py"), *argv], check=True, cwd=REPO)
     first = (out / "results.json").read_bytes()
     second = (tmp_path / "again" / "results.json").read_bytes()
