@@ -415,8 +415,8 @@ def parse_seeds(text: str):
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds wants comma-separated integers, got {text!r}")
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds wants at least two distinct seeds, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds wants distinct seeds (two or more for intervals), got {text!r}")
     return seeds
 
 

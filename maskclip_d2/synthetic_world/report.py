@@ -49,9 +49,10 @@ def _leaves(results: Mapping, prefix=()):
 
 def summarize(runs: Sequence[Mapping], command: str = "") -> Dict:
     """The summary of ``runs`` (results.json dicts of different seeds, same settings): every
-    figure as ``interval95`` of its values, nested as in results.json."""
-    if len(runs) < 2:
-        raise ValueError(f"a summary needs at least two runs, got {len(runs)}")
+    figure as ``interval95`` of its values, nested as in results.json. One run gives no
+    interval (NaN standard deviation and bounds)."""
+    if not runs:
+        raise ValueError("a summary needs at least one run")
     for key in _SHARED:
         if any(r.get(key) != runs[0].get(key) for r in runs):
             raise ValueError(f"runs differ in {key!r}: {[r.get(key) for r in runs]}")
@@ -79,10 +80,12 @@ def summarize(runs: Sequence[Mapping], command: str = "") -> Dict:
 
 
 def _cell(figure: Mapping, digits: int = 1) -> str:
-    """"mean ± half-width of the 95% interval"."""
+    """"mean ± half-width of the 95% interval" (the value alone for one seed)."""
     mean, (low, high) = figure["mean"], figure["ci95"]
     if not math.isfinite(mean):
         return "n/a"
+    if figure["n"] == 1:
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
 
 
@@ -216,8 +219,9 @@ def render_tables(markdown: str, summaries: Mapping[str, Mapping]) -> str:
         commands = "\n".join(dict.fromkeys(s["command"] for s in chosen))
         seeds = ", ".join(dict.fromkeys(f"{len(s['seeds'])} seeds ({','.join(map(str, s['seeds']))})"
                                         for s in chosen))
+        single = " (one seed: its value, no interval)" if any(s["n"] == 1 for s in chosen) else ""
         body = (f"```\n{commands}\n```\n\n{TABLES[kind](chosen)}\n\n"
-                f"Means over {seeds} ± the half-width of the 95% t-interval of the mean.\n")
+                f"Means over {seeds} ± the half-width of the 95% t-interval of the mean{single}.\n")
         return match.group(1) + body + match.group(5)
 
     rendered, count = _BLOCK.subn(rewrite, markdown)
