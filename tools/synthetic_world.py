@@ -277,9 +277,13 @@ def collect(out: Path, settings: dict, clip_weights: Path = None) -> dict:
             **{split: 100 * sum(a for name, a in accuracy.items() if (name in NOVEL) == (split == "novel"))
                / sum((name in NOVEL) == (split == "novel") for name in accuracy) for split in ("base", "novel")}}
     world = str(out / "datasets" / "synthetic_world")
-    # which class each mode names the pixels of each class (val_all: every class annotated)
+    # which class each mode names the pixels of each class (val_all: every class annotated).
+    # The predictions file is the last evaluated split's (val_novel): the same predictions as
+    # on val_all where proposals come from stage 1; ground-truth proposals there are the novel
+    # segments only, so those modes get the novel classes' rows only.
     results["pixel_confusion"] = {
-        mode: pixel_confusion(world, str(out / "eval" / mode / "inference" / "sem_seg_predictions.json"))
+        mode: pixel_confusion(world, str(out / "eval" / mode / "inference" / "sem_seg_predictions.json"),
+                              classes=sorted(NOVEL) if mode.startswith("gt_masks") else None)
         for mode in MODES}
     # how much of a ground-truth segment its mask class token sees, on this CLIP grid
     results["mask_token_view"] = mask_token_view(world, "val_all", patch_size=CLIP_PATCH_SIZE)

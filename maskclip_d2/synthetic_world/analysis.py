@@ -13,7 +13,7 @@ measures this on the ground-truth segments of a written world, per thing and stu
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,11 +54,13 @@ def mask_token_view(world: str, split: str = "val_all", patch_size: int = 8, thr
             for kind, values in sums.items()}
 
 
-def pixel_confusion(world: str, predictions_file: str, split: str = "val_all") -> Dict[str, Dict[str, float]]:
+def pixel_confusion(world: str, predictions_file: str, split: str = "val_all",
+                    classes: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     """Which class the model names the pixels of each class: for every class annotated in
     ``split``, the share (%) of its pixels that Detectron2's ``SemSegEvaluator`` predictions
     (``sem_seg_predictions.json``: one RLE per image and predicted class) give each class.
-    Row by row over the ground-truth classes; absent classes have no row."""
+    Row by row over the ground-truth classes (only ``classes`` if given); absent classes have
+    no row."""
     import pycocotools.mask as mask_util
 
     with open(os.path.join(world, "categories.json")) as f:
@@ -78,6 +80,6 @@ def pixel_confusion(world: str, predictions_file: str, split: str = "val_all") -
     table = {}
     for i in range(num):
         total = counts[i].sum()
-        if total:
+        if total and (classes is None or names[i + 1] in classes):
             table[names[i + 1]] = {names[j + 1]: 100.0 * counts[i, j] / total for j in range(num)}
     return table

@@ -52,3 +52,5 @@ def test_pixel_confusion_counts_annotated_pixels_by_predicted_class(tmp_path):
     (tmp_path / "sem_seg_predictions.json").write_text(json.dumps(predictions))
     table = pixel_confusion(str(tmp_path), str(tmp_path / "sem_seg_predictions.json"))
     assert table == {"a": {"a": 100.0, "b": 0.0}, "b": {"a": 50.0, "b": 50.0}}
+    assert pixel_confusion(str(tmp_path), str(tmp_path / "sem_seg_predictions.json"), classes=["b"]) == {
+        "b": {"a": 50.0, "b": 50.0}}
