@@ -13,7 +13,8 @@ file, then renamed); nothing else in it changes.
     python tools/synthetic_world_tables.py docs/SYNTHETIC_WORLD.md \\
         ci64=out/ci64/summary.json ci128=out/ci128/summary.json
 
-``--print KIND LABEL...`` prints one table instead of rewriting anything.
+``--print KIND LABEL=SUMMARY...`` prints the table KIND of those summaries, in that order,
+instead of rewriting anything.
 """
 import argparse
 import json
@@ -47,18 +48,15 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("markdown", nargs="?", help="the Markdown file whose tables to rewrite")
     parser.add_argument("summaries", nargs="*", metavar="LABEL=SUMMARY", help="labelled summary.json files")
-    parser.add_argument("--print", nargs="+", metavar=("KIND", "LABEL"), dest="print_table",
-                        help=f"print one table ({', '.join(TABLES)}) of the labelled summaries")
+    parser.add_argument("--print", metavar="KIND", dest="print_table", choices=sorted(TABLES),
+                        help="print this table of the given summaries (in their order) instead")
     args = parser.parse_args(argv)
     pairs = list(args.summaries)
     if args.print_table:
         if args.markdown:
             pairs.insert(0, args.markdown)
         summaries = read_summaries(pairs)
-        kind, labels = args.print_table[0], args.print_table[1:]
-        if kind not in TABLES:
-            raise SystemExit(f"unknown table kind {kind!r}: one of {', '.join(TABLES)}")
-        print(TABLES[kind]([summaries[label] for label in labels]))
+        print(TABLES[args.print_table](list(summaries.values())))
         return
     if not args.markdown:
         parser.error("name the Markdown file to rewrite (or --print a table)")

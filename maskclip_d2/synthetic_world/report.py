@@ -115,6 +115,8 @@ def table_rma_layers(summaries: Sequence[Mapping]) -> str:
     """RMA layer choice and number (Table 9), per CLIP token grid."""
     lines = [_METRIC_HEADER.format(first="RMA layers (CLIP grid)")]
     for summary in summaries:
+        if "rma_layer_ablations" not in summary["figures"]:
+            continue  # a study run without --ablations
         rows = {"rma": summary["figures"]["modes"]["rma"], **summary["figures"]["rma_layer_ablations"]}
         for variant, splits in rows.items():
             lines.append(_metric_row(f"{summary['rma_layers'][variant]} ({_grid(summary)})", splits))
@@ -122,22 +124,23 @@ def table_rma_layers(summaries: Sequence[Mapping]) -> str:
 
 
 def table_proposals(summaries: Sequence[Mapping]) -> str:
-    """Stage-1 mask recall@0.5 and mean best IoU of the ground-truth segments, and every
-    mode's novel PQ, per summary (grid, remedy)."""
-    modes = list(summaries[0]["figures"]["modes"])
+    """Stage-1 mask recall@0.5 and mean best IoU (%) of the ground-truth segments, and the
+    novel PQ of the modes that use the proposals, per summary (grid, remedy); the untrained
+    network once per grid."""
+    modes = [m for m in summaries[0]["figures"]["modes"] if not m.startswith("gt_masks")]
     lines = ["| stage 1 (CLIP grid) | recall@0.5 all | base | novel | mean best IoU base | novel | "
              + " | ".join(f"PQ novel {m}" for m in modes) + " |",
              "|---" * (6 + len(modes)) + "|"]
     for summary in summaries:
         f = summary["figures"]
-        for trained in (False, True):
+        for trained in ((True,) if summary["proposal_remedy"] else (False, True)):
             key = "" if trained else "_untrained"
             label = (summary["proposal_remedy"] or "paper's loss") if trained else "untrained"
             recall, iou = f[f"proposal_recall_50{key}"], f[f"proposal_mean_best_iou{key}"]
             pq = [_cell(f["modes"][m]["novel"]["PQ"]) if trained else "" for m in modes]
             lines.append(f"| {label} ({_grid(summary)}) | " + " | ".join(
                 [_cell(recall["all"]), _cell(recall["base"]), _cell(recall["novel"]),
-                 _cell(iou["base"], 3), _cell(iou["novel"], 3), *pq]) + " |")
+                 _cell(iou["base"]), _cell(iou["novel"]), *pq]) + " |")
     return "\n".join(lines)
 
 
