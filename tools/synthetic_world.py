@@ -297,17 +297,19 @@ def collect(out: Path, settings: dict, clip_weights: Path = None) -> dict:
     return results
 
 
-def run_record(out: Path, jobs, world_seconds, started: float) -> dict:
-    """run.json: wall-clock and CPU seconds per phase, and the commands (paths relative to the
-    repository and to OUTPUT)."""
-    seconds = {"world": {"wall": world_seconds[0], "cpu": world_seconds[1]}}
-    seconds.update({j.name: {"wall": round(j.wall, 1), "cpu": round(j.cpu, 1)} for j in jobs})
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of every child it waited for, so far."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds["total"] = {
-        "wall": round(time.time() - started, 1),
-        "cpu": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1),
-    }
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_record(out: Path, jobs, world_seconds, started: float, started_cpu: float) -> dict:
+    """run.json: wall-clock and CPU seconds per phase and in all (since ``started`` and
+    ``started_cpu``), and the commands (paths relative to the repository and to OUTPUT)."""
+    seconds = {"world": {"wall": world_seconds[0], "cpu": world_seconds[1]}}
+    seconds.update({j.name: {"wall": round(j.wall, 1), "cpu": round(j.cpu, 1)} for j in jobs})
+    seconds["total"] = {"wall": round(time.time() - started, 1), "cpu": round(cpu_seconds() - started_cpu, 1)}
 
     def relative(argument):
         return argument.replace(str(out), "OUTPUT").replace(str(REPO) + os.sep, "")
@@ -381,7 +383,7 @@ def run_study(out: Path, scale_name: str, seed: int, image_size: int, ablations:
     settings = {"scale": scale_name, "seed": seed, "image_size": image_size,
                 "clip_token_grid": image_size // CLIP_PATCH_SIZE, "proposal_remedy": remedy, "break": broken,
                 "settings": scale}
-    started, started_cpu = time.time(), time.process_time()
+    started, started_cpu, started_all_cpu = time.time(), time.process_time(), cpu_seconds()
     print(f"synthetic world, scale {scale_name} {scale}, seed {seed}, {image_size} px"
           + (f", proposal remedy {remedy}" if remedy else "")
           + (f", BROKEN: {broken}" if broken else "") + f" -> {out}", flush=True)
@@ -400,7 +402,7 @@ def run_study(out: Path, scale_name: str, seed: int, image_size: int, ablations:
                         jobs, env, started)
     results = collect(out, settings, clip_weights)
     write_demo_inputs(out)
-    record = run_record(out, job_list, world_seconds, started)
+    record = run_record(out, job_list, world_seconds, started, started_all_cpu)
     with atomic_write(str(out / "run.json")) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=1)
     with atomic_write(str(out / "results.json")) as tmp, open(tmp, "w") as f:
