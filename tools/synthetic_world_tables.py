@@ -21,7 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from maskclip_d2.synthetic_world.report import TABLES, render_tables  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
