@@ -220,8 +220,9 @@ def render_tables(markdown: str, summaries: Mapping[str, Mapping]) -> str:
             raise ValueError(f"table {kind} needs the summaries {missing}; given: {sorted(summaries)}")
         chosen = [summaries[label] for label in labels]
         commands = "\n".join(dict.fromkeys(s["command"] for s in chosen))
-        seeds = ", ".join(dict.fromkeys(f"{len(s['seeds'])} seeds ({','.join(map(str, s['seeds']))})"
-                                        for s in chosen))
+        seeds = ", ".join(dict.fromkeys(
+            f"{len(s['seeds'])} seed{'s' if len(s['seeds']) > 1 else ''} ({','.join(map(str, s['seeds']))})"
+            for s in chosen))
         single = " (one seed: its value, no interval)" if any(s["n"] == 1 for s in chosen) else ""
         body = (f"```\n{commands}\n```\n\n{TABLES[kind](chosen)}\n\n"
                 f"Means over {seeds} ± the half-width of the 95% t-interval of the mean{single}.\n")
