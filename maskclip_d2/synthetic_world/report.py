@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["TABLES", "interval95", "render_tables", "summarize"]
+__all__ = ["PAIRS", "TABLES", "interval95", "render_tables", "summarize"]
 
 # results.json entries that are not figures over seeds
 _NOT_FIGURES = {"scale", "seed", "image_size", "clip_token_grid", "proposal_remedy", "break",
@@ -194,7 +194,43 @@ def table_token_view(summaries: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+# (a, b): the figures of a minus those of b, seed by seed ("ablation:" = rma_layer_ablations)
+PAIRS = [("rma", "baseline"), ("rma", "mask_tokens"), ("mask_tokens", "baseline"),
+         ("gt_masks_rma", "rma"), ("gt_masks_rma", "gt_masks"),
+         ("rma", "ablation:rma_last1"), ("ablation:rma_every2nd", "ablation:rma_last2")]
+
+
+def _figures_of(summary: Mapping, name: str) -> Mapping:
+    if name.startswith("ablation:"):
+        return summary["figures"]["rma_layer_ablations"][name.split(":", 1)[1]]
+    return summary["figures"]["modes"][name]
+
+
+def table_pairs(summaries: Sequence[Mapping]) -> str:
+    """Paired differences (same seed: same world, CLIP and proposals) between modes: mean ±
+    95% half-width of the per-seed differences; **bold** where the interval excludes 0."""
+    metrics = [("PQ", "all"), ("PQ", "novel"), ("PQ_st", "all"), ("mIoU", "all"), ("mIoU", "novel")]
+    lines = ["| difference (CLIP grid) | " + " | ".join(f"{m} {s}" for m, s in metrics) + " |",
+             "|---" * (1 + len(metrics)) + "|"]
+    for summary in summaries:
+        for a, b in PAIRS:
+            try:
+                fa, fb = _figures_of(summary, a), _figures_of(summary, b)
+            except KeyError:
+                continue  # a run without that mode (no --ablations)
+            cells = []
+            for metric, split in metrics:
+                diff = interval95(np.subtract(fa[split][metric]["values"], fb[split][metric]["values"]))
+                cell = _cell(diff)
+                low, high = diff["ci95"]
+                cells.append(f"**{cell}**" if diff["n"] > 1 and (low > 0 or high < 0) else cell)
+            label = f"{a.split(':')[-1]} - {b.split(':')[-1]} ({_grid(summary)})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES: Dict[str, Callable[[Sequence[Mapping]], str]] = {
+    "pairs": table_pairs,
     "modes": table_modes,
     "rma_layers": table_rma_layers,
     "proposals": table_proposals,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from maskclip_d2.synthetic_world.report import interval95, render_tables, summarize
+from maskclip_d2.synthetic_world.report import TABLES, interval95, render_tables, summarize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 def _results(seed, pq_rma_novel, recall_novel):
     """A results.json of tools/synthetic_world.py (the entries the tables read)."""
     splits = ("all", "base", "novel")
-    figures = {s: {"PQ": 10.0 + seed, "SQ": 70.0, "RQ": 15.0, "mIoU": 20.0 - seed, "AP": 5.0} for s in splits}
+    figures = {s: {"PQ": 10.0 + seed, "SQ": 70.0, "RQ": 15.0, "PQ_th": 9.0, "PQ_st": 11.0, "mIoU": 20.0 - seed,
+                   "AP": 5.0} for s in splits}
     modes = {m: copy.deepcopy(figures) for m in ("baseline", "mask_tokens", "rma", "gt_masks", "gt_masks_rma")}
     modes["rma"]["novel"]["PQ"] = pq_rma_novel
     recall = {"all": 70.0, "base": 72.0, "novel": recall_novel}
@@ -90,3 +91,14 @@ def test_seeds_reuse_finished_runs_and_write_the_summary(tmp_path):
     with pytest.raises(SystemExit, match="holds a run with other settings"):
         tool.main(["--scale", "ci", "--image-size", "128", "--seeds", "3,4", "--output", str(tmp_path)])
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_paired_differences_are_seed_by_seed():
+    # rma minus baseline PQ novel: 3.0, 4.0, 5.0 (the baseline's PQ is 10 + seed in _results)
+    runs = [_results(s, pq, 70.0) for s, pq in ((0, 13.0), (1, 15.0), (2, 17.0))]
+    table = TABLES["pairs"]([summarize(runs)])
+    row = next(line for line in table.splitlines() if line.startswith("| rma - baseline (8x8)"))
+    expected = interval95([3.0, 4.0, 5.0])
+    half = (expected["ci95"][1] - expected["ci95"][0]) / 2
+    assert row.split(" | ")[2] == f"**{4.0:.1f} ± {half:.1f}**"  # PQ novel: the interval excludes 0
+    assert row.split(" | ")[1] == "0.0 ± 0.0"  # PQ all: equal in every seed
