@@ -75,6 +75,14 @@ def add_maskclip_config(cfg):
     if hasattr(cfg.MODEL, "MASKCLIP"):
         return cfg
 
+    # ---- stage 1 (class-agnostic Mask2Former), beyond Mask2Former's keys --------------------
+    # A remedy for a proposal network that learns to suppress objects left unannotated (void)
+    # in training, e.g. novel classes: a query matched to no ground truth whose predicted mask
+    # lies in void pixels for at least this fraction of its area gets no no-object loss (as
+    # in "Learning Open-World Object Proposals without Learning to Classify", Kim et al.
+    # 2022, which stops penalising unannotated regions). 0 = off: the paper's loss.
+    cfg.MODEL.MASK_FORMER.VOID_UNPENALISED_FRACTION = 0.0
+
     # ---- CLIP ----------------------------------------------------------------------------
     cfg.MODEL.CLIP = CN()
     # An official model name ("ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px") or "tiny".

@@ -17,6 +17,7 @@ writes a plain state dict (``torch.save(model.state_dict())``, loaded with
 ``configs/synthetic/``) and ``<output>.json`` with the zero-shot accuracy per concept.
 """
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from ..modeling.clip.openai_loader import CLIPArchitecture
 from ..utils.file_io import atomic_write
 from .world import CONCEPTS, render_concept_image
 
-__all__ = ["SYNTHETIC_CLIP", "captions_for", "pretrain_clip", "zero_shot_accuracy"]
+__all__ = ["SYNTHETIC_CLIP", "captions_for", "pretrain_clip", "synthetic_clip", "zero_shot_accuracy"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ SYNTHETIC_CLIP = CLIPArchitecture(
     context_length=20, vocab_size=49408, transformer_width=64, transformer_heads=1,
     transformer_layers=2,
 )
+
+
+def synthetic_clip(image_size: int = 64) -> CLIPArchitecture:
+    """The synthetic world's CLIP for ``image_size`` px scenes: SYNTHETIC_CLIP with that input
+    resolution (8 px patches: a 16 x 16 token grid at 128 px)."""
+    return dataclasses.replace(SYNTHETIC_CLIP, image_resolution=image_size)
 
 
 def captions_for(concept: int, background: int, rng: np.random.RandomState) -> str:
@@ -99,7 +106,8 @@ def contrastive_loss(model, images: torch.Tensor, captions: Sequence[str]) -> to
 @torch.no_grad()
 def zero_shot_accuracy(model, per_concept: int = 20, size: int = 64, seed: int = 12345) -> Dict[str, float]:
     """Accuracy of naming held-out single-concept images among all concept names (bare names,
-    the prompt MaskCLIP classifies with), per concept."""
+    the prompt MaskCLIP classifies with), per concept. The images come from
+    ``RandomState(seed)``, a stream apart from pre-training's (``RandomState(seed of the run)``)."""
     model.eval()
     names = [c.name for c in CONCEPTS]
     text = F.normalize(model.encode_text(clip.tokenize(names, context_length=model.context_length)), dim=-1)
@@ -159,22 +167,29 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the weights, the pre-training images and (12345 + seed) the zero-shot test images")
+    parser.add_argument("--image-size", type=int, default=SYNTHETIC_CLIP.image_resolution,
+                        help="input resolution of the CLIP (a multiple of its 8 px patch)")
     parser.add_argument("--shuffle-captions", action="store_true",
                         help="give every image a random caption (a deliberately broken run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
+    architecture = synthetic_clip(args.image_size)
+    if args.image_size % architecture.vision_patch_size:
+        parser.error(f"--image-size {args.image_size} is not a multiple of the patch size "
+                     f"{architecture.vision_patch_size}")
     model, losses = pretrain_clip(args.steps, args.batch_size, args.lr, seed=args.seed,
-                                  shuffle_captions=args.shuffle_captions)
-    accuracy = zero_shot_accuracy(model)
+                                  architecture=architecture, shuffle_captions=args.shuffle_captions)
+    accuracy = zero_shot_accuracy(model, size=args.image_size, seed=12345 + args.seed)
     logger.info(f"CLIP zero-shot accuracy: {np.mean(list(accuracy.values())):.3f} {accuracy}")
     with atomic_write(args.output) as tmp:
         torch.save(model.state_dict(), tmp)
     with atomic_write(args.output + ".json") as tmp, open(tmp, "w") as f:
         json.dump({"steps": args.steps, "first_loss": losses[0], "last_loss": losses[-1],
                    "zero_shot_accuracy": accuracy,
-                   "architecture": SYNTHETIC_CLIP.__dict__}, f, indent=1)
+                   "seed": args.seed, "architecture": architecture.__dict__}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ SPLITS = {
     "val_novel": ("val", "novel"),
 }
 # Written into categories.json; a world on disk with another version is regenerated.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the scenes of seed s come from seeds 2s (train) and 2s + 1 (val)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +238,8 @@ def write_world(
     vocabulary_offset: int = 0,
 ) -> str:
     """Writes the world's dataset under ``root/synthetic_world`` (layout in the module
-    docstring) and returns that folder. Deterministic in ``seed``. An existing world written
+    docstring) and returns that folder. Deterministic in ``seed``; different seeds give
+    disjoint worlds (train scenes from ``RandomState(2 * seed)``, val from ``2 * seed + 1``). An existing world written
     with the same arguments is reused; another one is an error (delete it or use another
     root), so no data is replaced.
 
@@ -267,10 +268,13 @@ def write_world(
 
     cats = categories(vocabulary_offset)
     thing_cats = [c for c in cats if c["isthing"]]
-    images_per_folder = {"train": (num_train, seed), "val": (num_val, seed + 1)}
+    # seeds 2s and 2s + 1: the worlds of different seeds share no scene
+    images_per_folder = {"train": (num_train, 2 * seed), "val": (num_val, 2 * seed + 1)}
+    # the smallest visible thing keeps its share of the scene at every size (24 px at 64 px)
+    min_thing_area = max(1, round(24 * (size / 64) ** 2))
     for image_folder, (count, split_seed) in images_per_folder.items():
         rng = np.random.RandomState(split_seed)
-        scenes = [render_scene(rng, size) for _ in range(count)]
+        scenes = [render_scene(rng, size, min_thing_area) for _ in range(count)]
         label_rng = np.random.RandomState(split_seed + 1000)
         os.makedirs(os.path.join(folder, "images", image_folder), exist_ok=True)
         for k, (image, _, _) in enumerate(scenes):

@@ -29,6 +29,9 @@ def test_rescaled_and_padded_scene_keeps_every_segment(tmp_path):
     assert inst.gt_classes.tolist() == [80, 81, 0, 2] == [s["category_id"] for s in record["segments_info"]]
     assert masks.shape == (len(segments), SCENE_SIZE, SCENE_SIZE)
     assert not masks[:, half:].any() and not masks[:, :, half:].any()  # padding is void
+    padding = torch.ones(SCENE_SIZE, SCENE_SIZE, dtype=torch.bool)
+    padding[:half, :half] = False
+    assert torch.equal(out["padding_mask"], padding)  # True where the augmentation padded
     assert (masks[:, :half, :half].sum(0) == 1).all()  # the scaled scene: every pixel one segment
     for mask, s in zip(masks, segments):
         assert abs(int(mask.sum()) - s["area"] / 4) <= 2 * np.sqrt(s["area"])  # nearest-neighbour

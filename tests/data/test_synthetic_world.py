@@ -32,6 +32,24 @@ def test_scenes_are_deterministic_and_every_pixel_has_one_segment():
     assert not CONCEPTS[classes[0]].isthing  # the background is stuff
 
 
+def test_worlds_of_different_seeds_share_no_scene(tmp_path):
+    images = {}
+    for seed in (0, 1):
+        folder = write_world(str(tmp_path / f"seed{seed}"), num_train=3, num_val=3, seed=seed)
+        images[seed] = [np.asarray(Image.open(f"{folder}/images/{split}/{k:06d}.jpg"))
+                        for split in ("train", "val") for k in range(3)]
+    assert not any(np.array_equal(a, b) for a in images[0] for b in images[1])
+
+
+def test_128_px_worlds_keep_the_smallest_things_share_of_the_scene(tmp_path):
+    folder = write_world(str(tmp_path), num_train=1, num_val=8, size=128, seed=0)
+    with open(f"{folder}/panoptic_val_all.json") as f:
+        panoptic = json.load(f)
+    things = {c["id"] for c in panoptic["categories"] if c["isthing"]}
+    areas = [s["area"] for a in panoptic["annotations"] for s in a["segments_info"] if s["category_id"] in things]
+    assert panoptic["images"][0]["height"] == 128 and min(areas) >= 24 * 4
+
+
 def test_splits_annotate_base_novel_or_all_classes(world):
     names = [c.name for c in CONCEPTS]
     seen = {}

@@ -1,13 +1,14 @@
 """MaskCLIP learns in the synthetic world: ``tools/synthetic_world.py --scale ci`` runs once
 per session (the world, CLIP pre-training, both stages through train_net.py, evaluation with
-Detectron2's evaluators) and these tests read its results.json and models.
+Detectron2's evaluators) and these tests read its results.json and models; one test runs the
+same command again and wants the same results.json, byte for byte.
 
 The thresholds sit far below what the ci run measures and far above what a broken pipeline
 gets; each of ``--break shuffle_labels``, ``random_clip`` and ``vocab_offset`` fails at least
 one test (checked by hand: set MASKCLIP_SYNTHETIC_STUDY to the output folder of a broken run
 to point these tests at it instead of running the study).
 
-About 3.5 CPU-minutes (2-3 minutes of wall clock on 2 idle cores)."""
+About 6 CPU-minutes (two runs; 2-3 minutes of wall clock each on 2 idle cores)."""
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from maskclip_d2.synthetic_world.world import CONCEPTS
 train_net = load_script("train_net.py")
 
 pytestmark = pytest.mark.timeout(1800)
-MODES = ("baseline", "mask_tokens", "rma", "gt_masks")
+MODES = ("baseline", "mask_tokens", "rma", "gt_masks", "gt_masks_rma")
 SPLITS = ("all", "base", "novel")
 
 
@@ -48,15 +49,36 @@ def study(tmp_path_factory):
 
 
 def test_results_json_has_every_mode_split_metric_and_phase_time(study):
-    _, results = study
+    out, results = study
     for mode in MODES:
         for split in SPLITS:
             figures = results["modes"][mode][split]
             for metric in ("PQ", "mIoU", "AP"):
                 assert math.isfinite(figures[metric]) and 0 <= figures[metric] <= 100, (mode, split, metric)
+    with open(out / "run.json") as f:
+        seconds = json.load(f)["seconds"]
     for phase in ("world", "stage1", "stage2", *(f"eval_{m}" for m in MODES), "total"):
-        assert results["seconds"][phase]["wall"] > 0 and results["seconds"][phase]["cpu"] >= 0
+        assert seconds[phase]["wall"] > 0 and seconds[phase]["cpu"] >= 0
     assert set(results["proposal_recall_50"]) == set(SPLITS)
+    assert results["seed"] == 0 and results["image_size"] == 64 and results["clip_token_grid"] == 8
+
+
+def test_the_same_command_gives_the_same_results_json(study, tmp_path):
+    """One --seed drives the world, CLIP pre-training, both stages and the evaluation: a
+    second run of the command (into another folder) writes the same results.json."""
+    out, results = study
+    argv = ["--scale", results["scale"], "--seed", str(results["seed"]),
+            "--image-size", str(results["image_size"]), "--output", str(tmp_path / "again")]
+    if results.get("break"):
+        argv += ["--break", results["break"]]
+    if results.get("proposal_remedy"):
+        argv += ["--proposal-remedy", results["proposal_remedy"]]
+    if "rma_layer_ablations" in results:
+        argv.append("--ablations")
+    subprocess.run([sys.executable, str(REPO / "tools/synthetic_world.py"), *argv], check=True, cwd=REPO)
+    first = (out / "results.json").read_bytes()
+    second = (tmp_path / "again" / "results.json").read_bytes()
+    assert first == second, "results.json differs between two runs of the same command"
 
 
 def test_stage1_recall_is_well_above_an_untrained_networks(study):

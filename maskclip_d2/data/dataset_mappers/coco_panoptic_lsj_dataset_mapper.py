@@ -84,6 +84,9 @@ class COCOPanopticLSJDatasetMapper:
         # Transformed as the uint8 RGB PNG (nearest-neighbour resizing works on uint8 only),
         # then turned into ids, as Mask2Former does; padding gets an id no segment has (void).
         pan_seg = rgb2id(transforms.apply_segmentation(pan_seg_rgb))
+        # True where the augmentation padded the image (Mask2Former's instance LSJ mapper's
+        # "padding_mask"): not void, nothing is there
+        padding_mask = ~transforms.apply_segmentation(np.ones(pan_seg_rgb.shape[:2], dtype=np.uint8)).astype(bool)
 
         height, width = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -97,4 +100,5 @@ class COCOPanopticLSJDatasetMapper:
         instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(masks[keep])))
         instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = instances
+        dataset_dict["padding_mask"] = torch.from_numpy(np.ascontiguousarray(padding_mask))
         return dataset_dict

@@ -18,6 +18,9 @@ from torch.nn import functional as F
 
 from .matcher import HungarianMatcher
 
+# target class of a query that gets no classification loss (F.cross_entropy's ignore_index)
+IGNORED = -100
+
 __all__ = [
     "build_set_criterion",
     "gt_masks_of","dice_loss", "sigmoid_ce_loss", "calculate_uncertainty", "SetCriterion"]
@@ -76,6 +79,7 @@ class SetCriterion(nn.Module):
         importance_sample_ratio: float,
         deep_supervision: bool = True,
         save_empty_weight: bool = False,
+        void_unpenalised_fraction: float = 0.0,
     ):
         """
         Args:
@@ -89,7 +93,13 @@ class SetCriterion(nn.Module):
             deep_supervision: also supervise ``outputs["aux_outputs"]``.
             save_empty_weight: keep the class weights (``empty_weight``) in state dicts, as
                 Mask2Former does (stage 1; stage 2's depend on the vocabulary size).
+            void_unpenalised_fraction: > 0: an unmatched query whose predicted mask
+                (sigmoid > 0.5) has at least this fraction of its area in the target's
+                ``"void"`` pixels (unannotated, not padding) gets no classification loss
+                (instead of no-object); 0 = Mask2Former's loss.
         """
+        if not 0.0 <= void_unpenalised_fraction <= 1.0:
+            raise ValueError(f"void_unpenalised_fraction must be in [0, 1], got {void_unpenalised_fraction}")
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -99,6 +109,7 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.deep_supervision = deep_supervision
+        self.void_unpenalised_fraction = void_unpenalised_fraction
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = no_object_weight
         # Mask2Former's name for it. Saved in checkpoints only when ``save_empty_weight`` (stage
@@ -117,10 +128,32 @@ class SetCriterion(nn.Module):
                 f"num_classes + 1 = {self.num_classes + 1}"
             )
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        if self.void_unpenalised_fraction > 0:
+            target_classes[self._queries_in_void(outputs["pred_masks"], targets)] = IGNORED
         for b, (query_idx, target_idx) in enumerate(indices):
             target_classes[b, query_idx.to(logits.device)] = targets[b]["labels"][target_idx.to(logits.device)]
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits))
+        if (target_classes == IGNORED).all():  # nothing to classify: no loss (not 0 / 0)
+            return {"loss_ce": logits.sum() * 0.0}
+        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits),
+                               ignore_index=IGNORED)
         return {"loss_ce": loss}
+
+    @torch.no_grad()
+    def _queries_in_void(self, pred_masks: torch.Tensor, targets) -> torch.Tensor:
+        """(B, Q) bool: the predicted mask (B, Q, h, w) lies in the target's void pixels for
+        at least ``void_unpenalised_fraction`` of its area (targets without "void": none)."""
+        in_void = torch.zeros(pred_masks.shape[:2], dtype=torch.bool, device=pred_masks.device)
+        for b, target in enumerate(targets):
+            if target.get("void") is None:
+                continue
+            # share of void pixels under each low-resolution mask pixel
+            void = F.interpolate(target["void"][None, None].to(pred_masks.dtype), size=pred_masks.shape[-2:],
+                                 mode="area")[0, 0]
+            masks = (pred_masks[b] > 0).to(pred_masks.dtype)  # sigmoid > 0.5
+            area = masks.flatten(1).sum(1)
+            void_area = (masks * void).flatten(1).sum(1)
+            in_void[b] = (area > 0) & (void_area >= self.void_unpenalised_fraction * area)
+        return in_void
 
     def loss_masks(self, outputs, targets, indices, num_masks: float) -> Dict[str, torch.Tensor]:
         """BCE and dice between matched masks, at points chosen by PointRend's rule."""
@@ -186,6 +219,8 @@ class SetCriterion(nn.Module):
             f"num_classes={self.num_classes}, weights={self.weight_dict}, "
             f"no_object_weight={self.no_object_weight}, num_points={self.num_points}, "
             f"oversample_ratio={self.oversample_ratio}, importance_sample_ratio={self.importance_sample_ratio}"
+            + (f", void_unpenalised_fraction={self.void_unpenalised_fraction}"
+               if self.void_unpenalised_fraction else "")
         )
 
 
@@ -198,7 +233,8 @@ def _accept_any_empty_weight(module, state_dict, prefix, *args):
         state_dict[key] = module.empty_weight.detach().clone()
 
 
-def build_set_criterion(num_classes: int, node, save_empty_weight: bool = False) -> SetCriterion:
+def build_set_criterion(num_classes: int, node, save_empty_weight: bool = False,
+                        void_unpenalised_fraction: float = 0.0) -> SetCriterion:
     """The matcher and criterion from a config node with Mask2Former's loss keys
     (CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS,
     OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO, DEEP_SUPERVISION): ``cfg.MODEL.MASK_FORMER``
@@ -214,6 +250,7 @@ def build_set_criterion(num_classes: int, node, save_empty_weight: bool = False)
         num_points=node.TRAIN_NUM_POINTS, oversample_ratio=node.OVERSAMPLE_RATIO,
         importance_sample_ratio=node.IMPORTANCE_SAMPLE_RATIO,
         deep_supervision=node.DEEP_SUPERVISION, save_empty_weight=save_empty_weight,
+        void_unpenalised_fraction=void_unpenalised_fraction,
     )
 
 

@@ -71,7 +71,8 @@ class ClassAgnosticMask2Former(nn.Module):
         backbone = build_backbone(cfg)
         sem_seg_head = MaskFormerHead(cfg, backbone.output_shape(), NUM_CLASSES)
         mf = cfg.MODEL.MASK_FORMER
-        criterion = build_set_criterion(NUM_CLASSES, mf, save_empty_weight=True)
+        criterion = build_set_criterion(NUM_CLASSES, mf, save_empty_weight=True,
+                                        void_unpenalised_fraction=mf.VOID_UNPENALISED_FRACTION)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
@@ -122,14 +123,25 @@ class ClassAgnosticMask2Former(nn.Module):
 
     def prepare_targets(self, batched_inputs: List[Dict], padded_size: Tuple[int, int]) -> List[Dict]:
         """Criterion targets: every ground-truth mask is an object (label 0), padded with zeros
-        to ``padded_size`` (the batched images' size)."""
+        to ``padded_size`` (the batched images' size); with the criterion's
+        ``void_unpenalised_fraction``, also ``"void"``: the image's pixels that no mask covers,
+        the mapper's ``"padding_mask"`` (True = padding) and the batch padding excluded."""
         targets = []
         for x in batched_inputs:
             gt_masks = gt_masks_of(x).to(self.device)
             padded = gt_masks.new_zeros((gt_masks.shape[0], *padded_size))
             padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
             labels = torch.full((gt_masks.shape[0],), OBJECT, dtype=torch.int64, device=self.device)
-            targets.append({"labels": labels, "masks": padded})
+            target = {"labels": labels, "masks": padded}
+            if self.criterion.void_unpenalised_fraction > 0:
+                void = ~padded.any(0)
+                void[gt_masks.shape[1]:] = False
+                void[:, gt_masks.shape[2]:] = False
+                if "padding_mask" in x:
+                    padding = x["padding_mask"].to(self.device)
+                    void[: padding.shape[0], : padding.shape[1]] &= ~padding
+                target["void"] = void
+            targets.append(target)
         return targets
 
     def forward(self, batched_inputs: List[Dict]):
