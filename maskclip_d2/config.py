@@ -15,8 +15,6 @@ def add_mask2former_config(cfg):
     """Add the Mask2Former keys of the class-agnostic proposal network (MaskCLIP's stage 1) to a
     Detectron2 config (idempotent); returns ``cfg``.
 
-    Config keys of the class-agnostic Mask2Former proposal network (MaskCLIP's stage 1).
-    
     Key names are Mask2Former's (``cfg.MODEL.MASK_FORMER.*``, ``cfg.MODEL.SEM_SEG_HEAD.*``); the
     defaults are those of Mask2Former's R50 COCO panoptic config, which MaskCLIP trains with a
     binary object / no-object head. Keys that Detectron2 already defines (``SEM_SEG_HEAD.IN_FEATURES``,
@@ -40,6 +38,13 @@ def add_mask2former_config(cfg):
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     # PointRend's beta: share of the points taken where the prediction is most uncertain.
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # Not Mask2Former's: a remedy for a proposal network that learns to suppress objects left unannotated (void)
+    # in training, e.g. novel classes: a query matched to no ground truth whose predicted mask
+    # lies in void pixels for at least this fraction of its area gets no no-object loss (as
+    # in "Learning Open-World Object Proposals without Learning to Classify", Kim et al.
+    # 2022, which stops penalising unannotated regions). 0 = off: the paper's loss.
+    cfg.MODEL.MASK_FORMER.VOID_UNPENALISED_FRACTION = 0.0
 
     # ---- masked-attention transformer decoder ----------------------------------------------
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
@@ -74,14 +79,6 @@ def add_maskclip_config(cfg):
     add_mask2former_config(cfg)
     if hasattr(cfg.MODEL, "MASKCLIP"):
         return cfg
-
-    # ---- stage 1 (class-agnostic Mask2Former), beyond Mask2Former's keys --------------------
-    # A remedy for a proposal network that learns to suppress objects left unannotated (void)
-    # in training, e.g. novel classes: a query matched to no ground truth whose predicted mask
-    # lies in void pixels for at least this fraction of its area gets no no-object loss (as
-    # in "Learning Open-World Object Proposals without Learning to Classify", Kim et al.
-    # 2022, which stops penalising unannotated regions). 0 = off: the paper's loss.
-    cfg.MODEL.MASK_FORMER.VOID_UNPENALISED_FRACTION = 0.0
 
     # ---- CLIP ----------------------------------------------------------------------------
     cfg.MODEL.CLIP = CN()

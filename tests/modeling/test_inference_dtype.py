@@ -4,7 +4,6 @@ default stay float32; the key reaches the model from the Predictor, the demo and
 
 Bounds here are for tiny random models; the paper-size bounds (mask-feature cosine >= 0.999,
 class argmax >= 99% of masks) are measured by ``benchmarks/benchmark_model.py --dtypes``."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -150,10 +149,10 @@ def test_predictor_dtype_sets_the_key_and_the_model():
 
 
 def test_demo_and_train_net_dtype_flags(tmp_path):
-    sys.path.insert(0, str(REPO / "demo"))
-    sys.path.insert(0, str(REPO))
-    import demo
-    import train_net
+    from helpers.scripts import load_script
+
+    demo = load_script("demo/demo.py")
+    train_net = load_script("train_net.py")
 
     args = demo.get_parser().parse_args(["--config-file", str(TINY), "--dtype", "bfloat16"])
     assert demo.setup_cfg(args).MODEL.MASKCLIP.INFERENCE_DTYPE == "bfloat16"
