@@ -198,10 +198,11 @@ def plan_outputs(args, inputs, tasks):
     return plan
 
 
-def check_output_free(args, single_file, plan):
+def check_output_free(args, single_file, plan, keep=()):
     """ValueError unless --output is free: a folder that does not exist or is empty, a .png
     whose results (``plan``) do not exist yet; or --overwrite. With --overwrite, the files the
-    earlier run listed in its ``RUN_RECORD`` are removed (nothing else)."""
+    earlier run listed in its ``RUN_RECORD`` are removed (nothing else), except ``keep``: this
+    run's inputs and masks files, which an earlier run may have written (its sample photos)."""
     out = args.output
     if single_file:
         taken = [p for pngs, json_path in plan.values() for p in pngs + [json_path] if os.path.exists(p)]
@@ -222,7 +223,7 @@ def check_output_free(args, single_file, plan):
         root = os.path.realpath(out)
         for rel in written:
             path = os.path.realpath(os.path.join(out, rel))
-            if path.startswith(root + os.sep) and os.path.isfile(path):
+            if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
                 os.remove(path)
         os.remove(record)
 
@@ -363,7 +364,9 @@ def main(argv=None):
         for given in (masks.values() if args.masks else []):
             if os.path.realpath(given) in results:
                 raise ValueError(f"a result would replace the masks file {given}: choose another --output folder")
-        check_output_free(args, single_file_output, plan)
+        keep = {os.path.realpath(p) for p in (inputs if args.input else [])}
+        keep |= {os.path.realpath(p) for p in (masks.values() if args.masks else [])}
+        check_output_free(args, single_file_output, plan, keep)
         if not args.input:
             check_writable([out_dir])
             sample_photos(os.path.join(out_dir, "inputs"))

@@ -314,3 +314,18 @@ def test_result_lines_are_not_mixed_with_a_progress_bar_when_piped(tmp_path, cap
     assert "img/s" not in captured.err and "images:" not in captured.err
     assert [line.split(":")[0] for line in captured.out.splitlines() if ": semantic:" in line] == list(map(str, pics))
     assert demo.plural(1, "segment") == "1 segment" and demo.plural(2, "segment") == "2 segments"
+
+
+def test_overwrite_keeps_this_runs_inputs_even_when_an_earlier_run_wrote_them(tmp_path):
+    """The first run (no --input) writes its sample photos into OUT/inputs and lists them in
+    its record; a second run segmenting those very photos with --overwrite must not remove them."""
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--output", str(out), "--vocab", VOCAB, "--task", "semantic"]
+    assert demo.main(common) == 0
+    photos = sorted((out / "inputs").iterdir())
+    assert len(photos) == 4
+    before = {p.name: p.read_bytes() for p in photos}
+    assert demo.main([*common, "--input", str(out / "inputs"), "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in sorted((out / "inputs").iterdir())} == before
+    assert sorted(n for n in os.listdir(out) if n.endswith("_semantic.png")) == [
+        p.stem + "_semantic.png" for p in photos]
