@@ -277,7 +277,8 @@ def sample_photos(folder):
     for name in SAMPLE_PHOTOS:
         path = os.path.join(folder, f"{name}.png")
         if not os.path.exists(path):
-            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path)
+            with atomic_write(path) as tmp:  # an interrupted run leaves no half photo behind
+                Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(tmp, format="PNG")
         paths.append(path)
     return paths
 
