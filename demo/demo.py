@@ -38,7 +38,7 @@ from detectron2.utils.logger import setup_logger
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
 from maskclip_d2.given_masks import read_masks
-from maskclip_d2.mask_files import mask_file_paths
+from maskclip_d2.mask_files import CATEGORIES_FILE, mask_file_paths
 from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
@@ -411,6 +411,8 @@ def main(argv=None):
             planned += [p for _, json_path in plan.values()
                         for p in mask_file_paths(os.path.dirname(json_path),
                                                  os.path.splitext(os.path.basename(json_path))[0], keys)]
+            # each folder's categories.json too: --overwrite with another vocabulary replaces it
+            planned += sorted({os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})
         write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
                            "written": [os.path.relpath(p, out_dir) for p in planned]},
                           os.path.join(out_dir, RUN_RECORD))
