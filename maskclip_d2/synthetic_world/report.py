@@ -229,11 +229,47 @@ def table_pairs(summaries: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def _paired_cell(a_values: Sequence[float], b_values: Sequence[float]) -> str:
+    """``a - b`` seed by seed as mean ± 95% half-width; **bold** where the interval excludes 0."""
+    diff = interval95(np.subtract(a_values, b_values))
+    low, high = diff["ci95"]
+    cell = _cell(diff)
+    return f"**{cell}**" if diff["n"] > 1 and (low > 0 or high < 0) else cell
+
+
+def table_remedy(summaries: Sequence[Mapping]) -> str:
+    """The stage-1 remedy against the paper's loss, seed by seed (same world and CLIP): the
+    summaries come in pairs (paper's loss, remedy) of the same seeds and grid; differences of
+    recall@0.5 (novel, base) and of each proposal mode's novel PQ and mIoU."""
+    if len(summaries) % 2:
+        raise ValueError("the remedy table takes pairs of summaries: paper's loss, then remedy")
+    modes = [m for m in summaries[0]["figures"]["modes"] if not m.startswith("gt_masks")]
+    lines = ["| remedy - paper's loss (CLIP grid) | recall@0.5 novel | recall@0.5 base | "
+             + " | ".join(f"PQ novel {m}" for m in modes) + " | "
+             + " | ".join(f"mIoU novel {m}" for m in modes) + " |",
+             "|---" * (3 + 2 * len(modes)) + "|"]
+    for paper, remedy in zip(summaries[::2], summaries[1::2]):
+        if paper["proposal_remedy"] or not remedy["proposal_remedy"]:
+            raise ValueError("the remedy table takes pairs of summaries: paper's loss, then remedy")
+        if paper["seeds"] != remedy["seeds"] or paper["clip_token_grid"] != remedy["clip_token_grid"]:
+            raise ValueError(f"paired summaries need the same seeds and grid: {paper['seeds']} "
+                             f"({_grid(paper)}) against {remedy['seeds']} ({_grid(remedy)})")
+        fp, fr = paper["figures"], remedy["figures"]
+        cells = [_paired_cell(fr["proposal_recall_50"][s]["values"], fp["proposal_recall_50"][s]["values"])
+                 for s in ("novel", "base")]
+        for metric in ("PQ", "mIoU"):
+            cells += [_paired_cell(fr["modes"][m]["novel"][metric]["values"],
+                                   fp["modes"][m]["novel"][metric]["values"]) for m in modes]
+        lines.append(f"| {remedy['proposal_remedy']} ({_grid(remedy)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TABLES: Dict[str, Callable[[Sequence[Mapping]], str]] = {
     "pairs": table_pairs,
     "modes": table_modes,
     "rma_layers": table_rma_layers,
     "proposals": table_proposals,
+    "remedy": table_remedy,
     "things_stuff": table_things_stuff,
     "confusion": table_confusion,
     "token_view": table_token_view,

@@ -102,3 +102,22 @@ def test_paired_differences_are_seed_by_seed():
     half = (expected["ci95"][1] - expected["ci95"][0]) / 2
     assert row.split(" | ")[2] == f"**{4.0:.1f} ± {half:.1f}**"  # PQ novel: the interval excludes 0
     assert row.split(" | ")[1] == "0.0 ± 0.0"  # PQ all: equal in every seed
+
+
+def test_remedy_differences_are_paired_by_seed_and_grid():
+    paper = [_results(s, 10.0, recall) for s, recall in ((0, 40.0), (1, 50.0), (2, 45.0))]
+    remedy = [dict(_results(s, 12.0 + s, recall), proposal_remedy="void_unpenalised")
+              for s, recall in ((0, 60.0), (1, 50.0), (2, 52.0))]
+    table = TABLES["remedy"]([summarize(paper), summarize(remedy)])
+    row = next(line for line in table.splitlines() if line.startswith("| void_unpenalised (8x8)"))
+    cells = row.split(" | ")
+    recall = interval95([20.0, 0.0, 7.0])  # novel recall, seed by seed: not resolved (no bold)
+    assert cells[1] == f"{recall['mean']:.1f} ± {(recall['ci95'][1] - recall['ci95'][0]) / 2:.1f}"
+    assert cells[2] == "0.0 ± 0.0"  # base recall: equal in every seed
+    header = table.splitlines()[0].split(" | ")
+    pq_rma = interval95([2.0, 3.0, 4.0])  # rma's novel PQ 12 + s against 10: the interval excludes 0
+    assert cells[header.index("PQ novel rma")] == f"**{pq_rma['mean']:.1f} ± {(pq_rma['ci95'][1] - pq_rma['ci95'][0]) / 2:.1f}**"
+    with pytest.raises(ValueError, match="same seeds"):
+        TABLES["remedy"]([summarize(paper), summarize(remedy[:2])])
+    with pytest.raises(ValueError, match="paper's loss, then remedy"):
+        TABLES["remedy"]([summarize(remedy), summarize(paper)])
