@@ -39,7 +39,7 @@ def study(tmp_path_factory):
     """(output folder, results.json) of one ci-scale run of the study."""
     given = os.environ.get("MASKCLIP_SYNTHETIC_STUDY")
     if given:
-        out = Path(given)
+        out = Path(given).resolve()  # the tests change directory
     else:
         out = tmp_path_factory.mktemp("synthetic_world_study")
         subprocess.run([sys.executable, str(REPO / "tools/synthetic_world.py"), "--scale", "ci",
