@@ -19,7 +19,8 @@ written to ``OUT/inputs/``.
 
 A non-empty --output folder is refused unless --overwrite: results of two runs never mix
 unnoticed. ``OUT/demo_run.json`` lists what a run writes; --overwrite removes those files of
-the earlier run (and nothing else) before writing.
+the earlier run (and nothing else) once this run has its first result to write: a bad config,
+a model that does not load or inputs that cannot be read leave them as they were.
 """
 import argparse
 import glob
@@ -71,7 +72,7 @@ def get_parser():
     parser.add_argument(
         "--overwrite", action="store_true",
         help=f"write into a non-empty --output: the files an earlier run listed in {RUN_RECORD} "
-        "are removed first, other files are kept",
+        "are removed once this run has a result to write, other files are kept",
     )
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument(
@@ -198,45 +199,60 @@ def plan_outputs(args, inputs, tasks):
     return plan
 
 
-def check_output_free(args, single_file, plan, keep=()):
+def earlier_run_files(args, single_file, plan, keep=()):
     """ValueError unless --output is free: a folder that does not exist or is empty, a .png
-    whose results (``plan``) do not exist yet; or --overwrite. With --overwrite, the files the
-    earlier run listed in its ``RUN_RECORD`` are removed (nothing else), except ``keep``: this
-    run's inputs and masks files, which an earlier run may have written (its sample photos)."""
+    whose results (``plan``) do not exist yet; or --overwrite. Removes nothing: returns the
+    files of the earlier run that this run replaces, removed only once it has a result to
+    write (``replace_earlier_run``): in a folder, those its ``RUN_RECORD`` lists, except
+    ``keep`` (this run's inputs and masks files, which an earlier run may have written: its
+    sample photos)."""
     out = args.output
     if single_file:
         taken = [p for pngs, json_path in plan.values() for p in pngs + [json_path] if os.path.exists(p)]
         if taken and not args.overwrite:
             raise ValueError(f"{taken[0]} exists: choose another --output, or add --overwrite to replace it")
-        return
+        return []
     if not os.path.isdir(out) or not os.listdir(out):
-        return
+        return []
     if not args.overwrite:
         raise ValueError(
             f"--output {out} is not empty (results of an earlier run?): choose a new folder, or "
             f"add --overwrite to replace the demo's earlier results there ({RUN_RECORD} lists them)"
         )
     record = os.path.join(out, RUN_RECORD)
-    if os.path.isfile(record):
-        with open(record) as f:
-            written = json.load(f).get("written", [])
-        root = os.path.realpath(out)
-        for rel in written:
-            path = os.path.realpath(os.path.join(out, rel))
-            if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
-                os.remove(path)
-        os.remove(record)
+    if not os.path.isfile(record):
+        return []
+    with open(record) as f:
+        written = json.load(f).get("written", [])
+    root = os.path.realpath(out)
+    stale = []
+    for rel in written:
+        path = os.path.realpath(os.path.join(out, rel))
+        if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
+            stale.append(path)
+    return stale
 
 
-def check_no_mask_files(plan, tasks):
-    """--save-masks never replaces a file: ValueError naming the first that exists."""
-    keys = [TASKS[task] for task in tasks]
-    for pngs, json_path in plan.values():
-        base = os.path.splitext(json_path)[0]
-        for path in mask_file_paths(os.path.dirname(base), os.path.basename(base), keys):
-            if os.path.lexists(path):
-                raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
-                                 "choose another --output folder or remove it")
+def replace_earlier_run(stale):
+    """Removes the earlier run's files that this run replaces (``earlier_run_files``)."""
+    for path in stale:
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def check_no_mask_files(plan, tasks, replaced=()):
+    """--save-masks never replaces a file, except the earlier run's that --overwrite replaces
+    (``replaced``): ValueError naming the first that exists."""
+    for path in (p for _, json_path in plan.values() for p in planned_mask_files(json_path, tasks)):
+        if os.path.lexists(path) and os.path.realpath(path) not in replaced:
+            raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
+                             "choose another --output folder or remove it")
+
+
+def planned_mask_files(json_path, tasks):
+    """The mask files --save-masks writes beside the JSON result ``json_path``."""
+    base = os.path.splitext(json_path)[0]
+    return mask_file_paths(os.path.dirname(base), os.path.basename(base), [TASKS[task] for task in tasks])
 
 
 def check_writable(folders):
@@ -365,34 +381,37 @@ def main(argv=None):
         for given in (masks.values() if args.masks else []):
             if os.path.realpath(given) in results:
                 raise ValueError(f"a result would replace the masks file {given}: choose another --output folder")
-        keep = {os.path.realpath(p) for p in (inputs if args.input else [])}
+        # this run's inputs (its sample photos too) and masks files are never the earlier run's to remove
+        keep = {os.path.realpath(p) for p in inputs}
         keep |= {os.path.realpath(p) for p in (masks.values() if args.masks else [])}
-        check_output_free(args, single_file_output, plan, keep)
+        stale = earlier_run_files(args, single_file_output, plan, keep)
         if not args.input:
             check_writable([out_dir])
-            sample_photos(os.path.join(out_dir, "inputs"))
         check_writable(os.path.dirname(p) for pngs, json_path in plan.values() for p in pngs + [json_path])
         if args.save_masks:
-            check_no_mask_files(plan, tasks)
+            check_no_mask_files(plan, tasks, replaced=set(stale))
+        # A bad config or model fails here, before anything of an earlier run is removed.
+        setup_logger(name="maskclip_d2")
+        if args.backend == "onnx":
+            from maskclip_d2.deploy import ONNXPredictor
+
+            predictor = ONNXPredictor(args.onnx_model, opts=args.opts)
+            cfg = predictor.cfg
+        else:
+            try:
+                cfg = setup_cfg(args)
+            except (KeyError, AssertionError) as err:  # yacs' unknown keys (file / --opts)
+                raise ValueError(f"{args.config_file} / --opts: {err.args[0] if err.args else err}") from None
+            predictor = None
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    setup_logger(name="maskclip_d2")
-    if args.backend == "onnx":
-        from maskclip_d2.deploy import ONNXPredictor
-
-        predictor = ONNXPredictor(args.onnx_model, opts=args.opts)
-        cfg = predictor.cfg
-    else:
-        cfg = setup_cfg(args)
-        predictor = None
     if cfg.MODEL.CLIP.WEIGHTS == "random":
         print(
             "NOTE: this config uses RANDOM CLIP weights (MODEL.CLIP.WEIGHTS random): the demo "
             "checks that the pipeline runs; its labels and scores mean nothing."
         )
-
     try:
         predictor = predictor or Predictor(cfg)
     except FileNotFoundError as err:
@@ -403,19 +422,31 @@ def main(argv=None):
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
-    if not single_file_output:  # before any result: an interrupted run is replaced whole too
-        planned = ([] if args.input else list(inputs)) + [
-            p for pngs, json_path in plan.values() for p in pngs + [json_path]]
-        if args.save_masks:
-            keys = [TASKS[task] for task in tasks]
-            planned += [p for _, json_path in plan.values()
-                        for p in mask_file_paths(os.path.dirname(json_path),
-                                                 os.path.splitext(os.path.basename(json_path))[0], keys)]
-            # each folder's categories.json too: --overwrite with another vocabulary replaces it
-            planned += sorted({os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})
-        write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
-                           "written": [os.path.relpath(p, out_dir) for p in planned]},
-                          os.path.join(out_dir, RUN_RECORD))
+
+    planned = ([] if args.input else list(inputs)) + [
+        p for pngs, json_path in plan.values() for p in pngs + [json_path]]
+    if args.save_masks:
+        planned += [p for _, json_path in plan.values() for p in planned_mask_files(json_path, tasks)]
+        # each folder's categories.json too: --overwrite with another vocabulary replaces it
+        planned += sorted({os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})
+    started = False
+
+    def start_writing():
+        """Once, before this run's first file: the earlier run's files go, and the new run
+        record lists what this run writes (an interrupted run is replaced whole too)."""
+        nonlocal started
+        if started:
+            return
+        started = True
+        replace_earlier_run(stale)
+        if not single_file_output:
+            write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
+                               "written": [os.path.relpath(p, out_dir) for p in planned]},
+                              os.path.join(out_dir, RUN_RECORD))
+
+    if not args.input:
+        start_writing()
+        sample_photos(os.path.join(out_dir, "inputs"))
     failures = 0
     # The bar on a terminal only: piped, it would interleave with the result lines.
     for path in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2 or not sys.stderr.isatty()):
@@ -449,6 +480,7 @@ def main(argv=None):
         else:
             outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
         pngs, json_path = plan[path]
+        start_writing()
         if args.save_masks:
             base = os.path.splitext(json_path)[0]
             predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),

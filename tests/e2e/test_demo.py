@@ -329,3 +329,34 @@ def test_overwrite_keeps_this_runs_inputs_even_when_an_earlier_run_wrote_them(tm
     assert {p.name: p.read_bytes() for p in sorted((out / "inputs").iterdir())} == before
     assert sorted(n for n in os.listdir(out) if n.endswith("_semantic.png")) == [
         p.stem + "_semantic.png" for p in photos]
+
+
+# ---- --overwrite removes the earlier run's results only once this run writes its own --------
+def test_overwrite_keeps_the_earlier_results_when_the_model_or_every_input_fails(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "in" / "one.png")
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--output", str(out), "--vocab", VOCAB, "--task", "semantic",
+              "--save-masks", "--overwrite"]
+    assert demo.main([*common, "--input", str(pic)]) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    assert sorted(before) == ["categories.json", "demo_run.json", "one.json", "one.semantic.png",
+                              "one_semantic.png"]
+    capsys.readouterr()
+    # the model cannot load (no such CLIP file): refused, the earlier results all kept
+    assert demo.main([*common, "--input", str(pic), "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]) == 2
+    assert "/nonexistent.pt" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # a bad config key: the same
+    assert demo.main([*common, "--input", str(pic), "--opts", "MODEL.NO_SUCH_KEY", "1"]) == 2
+    assert capsys.readouterr().err == f"error: {TINY} / --opts: Non-existent key: MODEL.NO_SUCH_KEY\n"
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # no input can be read: nothing written, so nothing of the earlier run removed
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not a PNG")
+    assert demo.main([*common, "--input", str(broken), str(tmp_path / "in" / "missing.png")]) == 1
+    assert "skipped" in capsys.readouterr().out
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # a run that writes replaces them
+    assert demo.main([*common, "--input", str(_small_photo(tmp_path / "in2" / "two.png", "chelsea"))]) == 0
+    assert sorted(os.listdir(out)) == ["categories.json", "demo_run.json", "two.json", "two.semantic.png",
+                                       "two_semantic.png"]
