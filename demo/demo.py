@@ -14,7 +14,8 @@ others are things). For every image the demo writes a PNG per task drawn by Dete
 Visualizer and a JSON of the segments, at the image's path relative to the inputs' common
 folder (``a/photo.jpg`` -> ``OUT/a/photo_panoptic.png``, ``OUT/a/photo.json``); inputs that
 would share a result name keep their extension in it (``photo_jpg_panoptic.png``). No result
-ever replaces an input. Without --input it runs on photographs that ship with scikit-image,
+ever replaces an input, and a run whose outputs would share a name (``x.jpg``'s mask file
+``x.panoptic.json`` and ``x.panoptic.jpg``'s result) is refused before it starts. Without --input it runs on photographs that ship with scikit-image,
 written to ``OUT/inputs/``.
 
 A non-empty --output folder is refused unless --overwrite: results of two runs never mix
@@ -199,6 +200,35 @@ def plan_outputs(args, inputs, tasks):
     return plan
 
 
+def run_outputs(args, plan, tasks, out_dir, single_file):
+    """Every file the run writes, as (path, what it is): the results, the mask files and each
+    folder's categories.json of --save-masks, the run record."""
+    outputs = [(p, f"the result {p} of {path}") for path, (pngs, json_path) in plan.items()
+               for p in pngs + [json_path]]
+    if args.save_masks:
+        outputs += [(p, f"the mask file {p} of {path}") for path, (_, json_path) in plan.items()
+                    for p in planned_mask_files(json_path, tasks)]
+        # each folder's categories.json too: --overwrite with another vocabulary replaces it
+        outputs += [(p, f"the vocabulary file {p} of --save-masks") for p in sorted(
+            {os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})]
+    if not single_file:
+        record = os.path.join(out_dir, RUN_RECORD)
+        outputs.append((record, f"the run record {record}"))
+    return outputs
+
+
+def check_one_file_each(outputs):
+    """ValueError naming both when two outputs of the run (``run_outputs``) are one file;
+    names that differ only in case count as one (some file systems ignore case)."""
+    seen = {}
+    for path, what in outputs:
+        key = os.path.realpath(path).lower()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {what} would be one file: rename the input so that "
+                             "their names differ, or choose another --output")
+        seen[key] = what
+
+
 def earlier_run_files(args, single_file, plan, keep=()):
     """ValueError unless --output is free: a folder that does not exist or is empty, a .png
     whose results (``plan``) do not exist yet; or --overwrite. Removes nothing: returns the
@@ -377,6 +407,8 @@ def main(argv=None):
                                  "masks of your own: use one or the other")
             tasks, masks = ["masks"], masks_files(args.masks, inputs)
         plan = plan_outputs(args, inputs, tasks)
+        outputs = run_outputs(args, plan, tasks, out_dir, single_file_output)
+        check_one_file_each(outputs)
         results = {os.path.realpath(p) for pngs, json_path in plan.values() for p in pngs + [json_path]}
         for given in (masks.values() if args.masks else []):
             if os.path.realpath(given) in results:
@@ -423,12 +455,8 @@ def main(argv=None):
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
 
-    planned = ([] if args.input else list(inputs)) + [
-        p for pngs, json_path in plan.values() for p in pngs + [json_path]]
-    if args.save_masks:
-        planned += [p for _, json_path in plan.values() for p in planned_mask_files(json_path, tasks)]
-        # each folder's categories.json too: --overwrite with another vocabulary replaces it
-        planned += sorted({os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})
+    record = os.path.join(out_dir, RUN_RECORD)
+    planned = ([] if args.input else list(inputs)) + [p for p, _ in outputs if p != record]
     started = False
 
     def start_writing():
@@ -442,7 +470,7 @@ def main(argv=None):
         if not single_file_output:
             write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
                                "written": [os.path.relpath(p, out_dir) for p in planned]},
-                              os.path.join(out_dir, RUN_RECORD))
+                              record)
 
     if not args.input:
         start_writing()

@@ -360,3 +360,31 @@ def test_overwrite_keeps_the_earlier_results_when_the_model_or_every_input_fails
     assert demo.main([*common, "--input", str(_small_photo(tmp_path / "in2" / "two.png", "chelsea"))]) == 0
     assert sorted(os.listdir(out)) == ["categories.json", "demo_run.json", "two.json", "two.semantic.png",
                                        "two_semantic.png"]
+
+
+# ---- no output of a run replaces another ---------------------------------------------------
+@pytest.mark.parametrize("names, options, first, second", [
+    # x's mask file x.panoptic.json is the JSON result of x.panoptic.jpg
+    (["x.jpg", "x.panoptic.jpg"], ["--save-masks"],
+     "the result {out}/x.panoptic.json of {inputs}/x.panoptic.jpg",
+     "the mask file {out}/x.panoptic.json of {inputs}/x.jpg"),
+    (["demo_run.png"], [], "the result {out}/demo_run.json of {inputs}/demo_run.png",
+     "the run record {out}/demo_run.json"),
+    (["categories.png", "cat.png"], ["--save-masks"],
+     "the result {out}/categories.json of {inputs}/categories.png",
+     "the vocabulary file {out}/categories.json of --save-masks"),
+])
+def test_outputs_of_one_run_that_would_share_a_name_are_refused_naming_both(
+        tmp_path, capsys, names, options, first, second):
+    inputs = tmp_path / "in"
+    for name in names:
+        _small_photo(inputs / name, fmt="JPEG" if name.endswith(".jpg") else "PNG")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", *[str(inputs / n) for n in names], "--output", str(out),
+                    "--vocab", VOCAB, "--task", "panoptic", *options,
+                    "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])  # refused before the model loads
+    assert rc == 2
+    err = capsys.readouterr().err
+    expected = f"error: {first} and {second} would be one file: rename".format(out=out, inputs=inputs)
+    assert err.startswith(expected), err
+    assert not out.exists() or not os.listdir(out)
