@@ -21,7 +21,9 @@ written to ``OUT/inputs/``.
 A non-empty --output folder is refused unless --overwrite: results of two runs never mix
 unnoticed. ``OUT/demo_run.json`` lists what a run writes; --overwrite removes those files of
 the earlier run (and nothing else) once this run has its first result to write: a bad config,
-a model that does not load or inputs that cannot be read leave them as they were.
+a model that does not load or inputs that cannot be read leave them as they were. A ``.png``
+--output has no run record: --overwrite replaces its results, and the mask files of
+--save-masks that its JSON result lists (``mask_files``).
 """
 import argparse
 import glob
@@ -235,13 +237,13 @@ def earlier_run_files(args, single_file, plan, keep=()):
     files of the earlier run that this run replaces, removed only once it has a result to
     write (``replace_earlier_run``): in a folder, those its ``RUN_RECORD`` lists, except
     ``keep`` (this run's inputs and masks files, which an earlier run may have written: its
-    sample photos)."""
+    sample photos); for a .png, the mask files its JSON result lists (``mask_files``)."""
     out = args.output
     if single_file:
         taken = [p for pngs, json_path in plan.values() for p in pngs + [json_path] if os.path.exists(p)]
         if taken and not args.overwrite:
             raise ValueError(f"{taken[0]} exists: choose another --output, or add --overwrite to replace it")
-        return []
+        return earlier_mask_files(next(iter(plan.values()))[1]) if args.overwrite else []
     if not os.path.isdir(out) or not os.listdir(out):
         return []
     if not args.overwrite:
@@ -261,6 +263,20 @@ def earlier_run_files(args, single_file, plan, keep=()):
         if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
             stale.append(path)
     return stale
+
+
+def earlier_mask_files(json_path):
+    """The mask files that the demo's earlier result ``json_path`` lists as its own
+    (``mask_files``) and that exist; only the names --save-masks gives its stem."""
+    try:
+        with open(json_path) as f:
+            listed = json.load(f).get("mask_files", [])
+    except (OSError, ValueError, AttributeError):  # no result there, or not the demo's
+        return []
+    folder, stem = os.path.split(os.path.splitext(json_path)[0])
+    own = {os.path.realpath(p) for p in mask_file_paths(folder, stem)}
+    listed = {os.path.realpath(os.path.join(folder, name)) for name in listed if isinstance(name, str)}
+    return sorted(p for p in own & listed if os.path.isfile(p))
 
 
 def replace_earlier_run(stale):
@@ -511,14 +527,16 @@ def main(argv=None):
         start_writing()
         if args.save_masks:
             base = os.path.splitext(json_path)[0]
-            predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
-                                 image_id=os.path.basename(base))
+            mask_files = predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
+                                              image_id=os.path.basename(base))
         for task, png in zip(tasks, pngs):
             with atomic_write(png) as tmp:
                 Image.fromarray(drawn[task]).save(tmp, format="PNG")
         record = {"image": path, "vocabulary": vocabulary,
                   "stuff": [n for n, thing in zip(vocabulary, is_thing) if not thing],
                   **{task: segments[task] for task in tasks}}
+        if args.save_masks:  # the result's own mask files: what --overwrite may replace
+            record["mask_files"] = [os.path.basename(p) for p in mask_files]
         with atomic_write(json_path) as tmp, open(tmp, "w") as f:
             json.dump(record, f, indent=1)
         counts = ", ".join(

@@ -388,3 +388,28 @@ def test_outputs_of_one_run_that_would_share_a_name_are_refused_naming_both(
     expected = f"error: {first} and {second} would be one file: rename".format(out=out, inputs=inputs)
     assert err.startswith(expected), err
     assert not out.exists() or not os.listdir(out)
+
+
+def test_a_png_output_with_save_masks_reruns_with_overwrite_replacing_only_its_own_files(tmp_path, capsys):
+    import torch
+
+    pic = _small_photo(tmp_path / "in" / "pic.png")
+    res = tmp_path / "res" / "res.png"
+    argv = ["--config-file", TINY, "--input", str(pic), "--output", str(res), "--vocab", VOCAB,
+            "--task", "panoptic,semantic", "--save-masks", "--overwrite"]
+    torch.manual_seed(0)
+    assert demo.main(argv) == 0
+    (tmp_path / "res" / "notes.txt").write_text("mine")
+    first = {n: (res.parent / n).read_bytes() for n in os.listdir(res.parent)}
+    assert sorted(first) == ["categories.json", "notes.txt", "res.json", "res.panoptic.json", "res.panoptic.png",
+                             "res.semantic.png", "res_panoptic.png", "res_semantic.png"]
+    # the very same command again: its own earlier files replaced by the same ones
+    torch.manual_seed(0)
+    assert demo.main(argv) == 0, capsys.readouterr().err
+    assert {n: (res.parent / n).read_bytes() for n in os.listdir(res.parent)} == first
+    # a mask file that is not the earlier run's (its JSON does not list it) is still never replaced
+    (res.parent / "res.instances.json").write_text("mine too")
+    capsys.readouterr()
+    assert demo.main([*argv[:-3], "all", "--save-masks", "--overwrite"]) == 2
+    assert f"--save-masks: {res.parent / 'res.instances.json'} exists" in capsys.readouterr().err
+    assert (res.parent / "res.instances.json").read_text() == "mine too"
