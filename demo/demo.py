@@ -42,7 +42,7 @@ from detectron2.utils.logger import setup_logger
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
 from maskclip_d2.given_masks import read_masks
-from maskclip_d2.mask_files import CATEGORIES_FILE, mask_file_paths
+from maskclip_d2.mask_files import CATEGORIES_FILE, check_categories, mask_file_paths
 from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
@@ -469,6 +469,13 @@ def main(argv=None):
         return 2
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
+    try:  # a categories.json that --save-masks would not replace must list this vocabulary
+        for path in (p for p, _ in outputs if os.path.basename(p) == CATEGORIES_FILE):
+            if os.path.realpath(path) not in stale:
+                check_categories(path, vocabulary, is_thing)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
 
     record = os.path.join(out_dir, RUN_RECORD)

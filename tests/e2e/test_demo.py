@@ -348,7 +348,7 @@ def test_overwrite_keeps_the_earlier_results_when_the_model_or_every_input_fails
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
     # a bad config key: the same
     assert demo.main([*common, "--input", str(pic), "--opts", "MODEL.NO_SUCH_KEY", "1"]) == 2
-    assert capsys.readouterr().err == f"error: {TINY} / --opts: Non-existent key: MODEL.NO_SUCH_KEY\n"
+    assert f"error: {TINY} / --opts: Non-existent key: MODEL.NO_SUCH_KEY\n" in capsys.readouterr().err
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
     # no input can be read: nothing written, so nothing of the earlier run removed
     broken = tmp_path / "in" / "broken.png"
@@ -413,3 +413,17 @@ def test_a_png_output_with_save_masks_reruns_with_overwrite_replacing_only_its_o
     assert demo.main([*argv[:-3], "all", "--save-masks", "--overwrite"]) == 2
     assert f"--save-masks: {res.parent / 'res.instances.json'} exists" in capsys.readouterr().err
     assert (res.parent / "res.instances.json").read_text() == "mine too"
+
+
+def test_a_categories_file_of_another_vocabulary_is_refused_before_the_earlier_results_go(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "in" / "one.png")
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--input", str(pic), "--output", str(out), "--task", "semantic"]
+    assert demo.main([*common, "--vocab", VOCAB]) == 0
+    # not the earlier run's (its record does not list it): never replaced
+    (out / "categories.json").write_text(json.dumps({"categories": [{"id": 0, "name": "dog", "isthing": 1}]}))
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    capsys.readouterr()
+    assert demo.main([*common, "--vocab", "cat; sky", "--save-masks", "--overwrite"]) == 2
+    assert f"error: {out / 'categories.json'} lists another vocabulary" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
