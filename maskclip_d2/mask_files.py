@@ -34,6 +34,8 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 
+from .utils.file_io import new_file_mode
+
 __all__ = [
     "UNLABELED", "CATEGORIES_FILE", "mask_file_paths", "save_masks", "load_masks",
     "check_categories", "write_categories", "read_categories", "write_panoptic", "read_panoptic", "write_semantic",
@@ -62,6 +64,7 @@ def _new_file(path: str):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())  # mkstemp's file is private (0600); open()'s is not
         try:
             os.link(tmp, path)  # atomic, and refuses to replace
         except FileExistsError:

@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "new_file_mode"]
 
 
 @contextlib.contextmanager
@@ -25,14 +25,14 @@ def atomic_write(path):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _new_file_mode())  # mkstemp's file is private (0600); open()'s is not
+        os.chmod(tmp, new_file_mode())  # mkstemp's file is private (0600); open()'s is not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _new_file_mode():
+def new_file_mode():
     """The mode ``open()`` gives a new file: 0666 less the process's umask."""
     umask = os.umask(0o077)  # read by setting it: a strict one for that instant
     os.umask(umask)
