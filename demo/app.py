@@ -11,8 +11,9 @@ semantic, panoptic and instance segmentations, download the masks.
 It serves on 127.0.0.1:7860 by default, and contacts nothing else: no analytics, no share
 link, system fonts. Without --config-file / --onnx-model it serves the model ``make demo``
 trains (tools/synthetic_world.py --scale ci, trained on first use and cached). The sliders
-re-run only the post-processing of the cached model outputs; every request writes its files
-in a temporary folder of its own, removed later (and all of them at exit).
+re-run only the post-processing of the cached model outputs; every request writes its pictures
+and its zip of mask files in a temporary folder of its own, served from there while the page
+shows them: the last --keep-requests requests' folders are kept (all removed at exit).
 """
 import argparse
 import atexit
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import deque
 
 # Before gradio is imported: no telemetry / version check, files in our own temporary folder.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -51,6 +53,7 @@ SYNTHETIC_VOCAB = ("purple blob; orange blob; water; brick; red blob; green blob
                    "yellow blob; pink blob; cyan blob; grass; sand; snow; gravel")
 SYNTHETIC_STUFF = "water; brick; grass; sand; snow; gravel"
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+KEEP_REQUESTS = 200  # request folders kept, each with its pictures and its zip of mask files
 
 
 def get_parser():
@@ -65,8 +68,18 @@ def get_parser():
                         "world's validation scenes, or scikit-image's photographs)")
     parser.add_argument("--max-image-size", type=int, default=2048,
                         help="larger images are scaled down to this longest side, with a notice")
+    parser.add_argument("--keep-requests", type=positive_int, default=KEEP_REQUESTS, metavar="N",
+                        help="the files (pictures, mask zip) of the last N requests stay downloadable "
+                        "for as long as the server runs; older ones are removed (default: %(default)s)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 # ---- vocabulary ------------------------------------------------------------------------------
@@ -123,11 +136,17 @@ class SegmentationApp:
     """The page's logic, independent of the widgets: one predictor, serialised by a lock
     (Gradio's queue runs one request at a time per event; the lock covers them all)."""
 
-    def __init__(self, predictor, max_image_size=2048, temp_root=_TEMP_ROOT, min_score=0.5):
+    def __init__(self, predictor, max_image_size=2048, temp_root=_TEMP_ROOT, min_score=0.5,
+                 keep_requests=KEEP_REQUESTS):
+        if keep_requests < 1:
+            raise ValueError(f"keep_requests must be 1 or more, got {keep_requests}")
         self.predictor = predictor
         self.max_image_size = max_image_size
         self.requests_root = os.path.join(temp_root, "requests")
         os.makedirs(self.requests_root, exist_ok=True)
+        self.keep_requests = keep_requests
+        self.requests = deque()  # request folders, oldest first
+        self.requests_lock = threading.Lock()
         self.lock = threading.Lock()
         self.model_runs = 0
         self.defaults = {
@@ -166,8 +185,9 @@ class SegmentationApp:
         return {"cached": cached, "rgb": rgb, "stem": stem, "model_s": time.perf_counter() - start}, notice
 
     def render(self, state, object_mask_threshold, overlap_threshold, detections_per_image, min_score):
-        """Post-processes the cached outputs with the sliders' values: the three pictures,
-        the segments and the zip of the mask files (in a new request folder)."""
+        """Post-processes the cached outputs with the sliders' values: the three pictures
+        (arrays), the segments, the zip of the mask files, the seconds, the values used and
+        the pictures' PNG files; the files in a new request folder (``write_request``)."""
         start = time.perf_counter()
         cached = state["cached"]
         with self.lock:
@@ -178,21 +198,31 @@ class SegmentationApp:
             )
         vocabulary = cached["vocabulary"]
         drawn, segments = draw_outputs(state["rgb"], outputs, vocabulary, list(TASKS), float(min_score))
-        zip_path = self.write_zip(outputs, cached, state["stem"])
+        zip_path, pictures = self.write_request(outputs, cached, state["stem"], drawn)
         used = (f"object-mask threshold {float(object_mask_threshold):.2f}, overlap threshold "
                 f"{float(overlap_threshold):.2f}, top-k {int(detections_per_image)}, minimum score "
                 f"{float(min_score):.2f}")
-        return drawn, segments, zip_path, time.perf_counter() - start, used
+        return drawn, segments, zip_path, time.perf_counter() - start, used, pictures
 
-    def write_zip(self, outputs, cached, stem):
-        """The mask files (``maskclip_d2.mask_files``) in ``<stem>_masks.zip``, written in a
-        request folder of its own; request folders older than a minute are removed first."""
-        now = time.time()
-        for name in os.listdir(self.requests_root):
-            folder = os.path.join(self.requests_root, name)
-            if now - os.path.getmtime(folder) > 60:
-                shutil.rmtree(folder, ignore_errors=True)
+    def new_request_folder(self):
+        """A folder of its own for a request's files. The page links them (served from there,
+        see ``build_page``) for as long as it is shown, so they are kept: only the oldest
+        request folders beyond the last ``keep_requests`` are removed."""
         folder = tempfile.mkdtemp(dir=self.requests_root)
+        with self.requests_lock:
+            self.requests.append(folder)
+            while len(self.requests) > self.keep_requests:
+                shutil.rmtree(self.requests.popleft(), ignore_errors=True)
+        return folder
+
+    def write_request(self, outputs, cached, stem, drawn):
+        """(zip, {task: PNG}): the mask files (``maskclip_d2.mask_files``) in
+        ``<stem>_masks.zip`` and the pictures as ``<stem>_<task>.png``, in a new request folder."""
+        folder = self.new_request_folder()
+        pictures = {}
+        for task, picture in drawn.items():
+            pictures[task] = os.path.join(folder, f"{stem}_{task}.png")
+            Image.fromarray(picture).save(pictures[task], format="PNG")
         files = save_masks(outputs, os.path.join(folder, "masks"), stem, cached["vocabulary"],
                            cached["is_thing"])
         zip_path = os.path.join(folder, f"{stem}_masks.zip")
@@ -200,7 +230,7 @@ class SegmentationApp:
             for path in files + [os.path.join(folder, "masks", "categories.json")]:
                 archive.write(path, os.path.basename(path))
         shutil.rmtree(os.path.join(folder, "masks"))
-        return zip_path
+        return zip_path, pictures
 
     def status(self, kind, seconds, used, notice=""):
         return f"{notice}{kind} in {seconds:.3f} s ({used}) · model runs so far: {self.model_runs}"
@@ -239,6 +269,10 @@ def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
     import gradio as gr
 
     defaults = app.defaults
+    # The request folders' files are served from where they are (not copied into Gradio's
+    # cache): they stay as long as app keeps them (the last --keep-requests requests), not
+    # as long as Gradio keeps its cache (delete_cache: uploads and the like).
+    gr.set_static_paths([app.requests_root])
     with gr.Blocks(title="MaskCLIP open-vocabulary segmentation", analytics_enabled=False,
                    delete_cache=(300, 600)) as page:
         gr.Markdown("## MaskCLIP: open-vocabulary segmentation\nSemicolons separate classes, "
@@ -283,9 +317,9 @@ def build_page(app: SegmentationApp, examples, vocab="", stuff=""):
         outputs = [state, *pictures, legend, table, download, status]
 
         def show(state_value, kind, seconds, sliders, notice=""):
-            drawn, segments, zip_path, post_s, used = app.render(state_value, *sliders)
+            _, segments, zip_path, post_s, used, files = app.render(state_value, *sliders)
             message = app.status(kind, seconds + post_s, used, notice)
-            return (state_value, *[drawn[t] for t in TASKS], legend_html(
+            return (state_value, *[files[t] for t in TASKS], legend_html(
                 state_value["cached"]["vocabulary"], segments), segments_table(segments), zip_path, message)
 
         def refuse(message):
@@ -392,7 +426,7 @@ def main(argv=None):
 
     setup_logger(name="maskclip_d2")
     predictor, vocab, stuff, examples = build_predictor(args)
-    app = SegmentationApp(predictor, args.max_image_size)
+    app = SegmentationApp(predictor, args.max_image_size, keep_requests=args.keep_requests)
     page = build_page(app, examples, vocab, stuff)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     print(f"Serving on http://{args.host}:{args.port}", flush=True)

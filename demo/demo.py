@@ -14,12 +14,16 @@ others are things). For every image the demo writes a PNG per task drawn by Dete
 Visualizer and a JSON of the segments, at the image's path relative to the inputs' common
 folder (``a/photo.jpg`` -> ``OUT/a/photo_panoptic.png``, ``OUT/a/photo.json``); inputs that
 would share a result name keep their extension in it (``photo_jpg_panoptic.png``). No result
-ever replaces an input. Without --input it runs on photographs that ship with scikit-image,
+ever replaces an input, and a run whose outputs would share a name (``x.jpg``'s mask file
+``x.panoptic.json`` and ``x.panoptic.jpg``'s result) is refused before it starts. Without --input it runs on photographs that ship with scikit-image,
 written to ``OUT/inputs/``.
 
 A non-empty --output folder is refused unless --overwrite: results of two runs never mix
 unnoticed. ``OUT/demo_run.json`` lists what a run writes; --overwrite removes those files of
-the earlier run (and nothing else) before writing.
+the earlier run (and nothing else) once this run has its first result to write: a bad config,
+a model that does not load or inputs that cannot be read leave them as they were. A ``.png``
+--output has no run record: --overwrite replaces its results, and the mask files of
+--save-masks that its JSON result lists (``mask_files``).
 """
 import argparse
 import glob
@@ -38,7 +42,7 @@ from detectron2.utils.logger import setup_logger
 from maskclip_d2.config import get_maskclip_cfg
 from maskclip_d2.vocabularies import VOCABULARY_PRESETS, resolve_vocabulary
 from maskclip_d2.given_masks import read_masks
-from maskclip_d2.mask_files import CATEGORIES_FILE, mask_file_paths
+from maskclip_d2.mask_files import CATEGORIES_FILE, check_categories, mask_file_paths
 from maskclip_d2.modeling.inference_dtype import add_dtype_argument, dtype_opts
 from maskclip_d2.utils import atomic_write, write_json_atomic
 from maskclip_d2.predictor import (
@@ -71,7 +75,7 @@ def get_parser():
     parser.add_argument(
         "--overwrite", action="store_true",
         help=f"write into a non-empty --output: the files an earlier run listed in {RUN_RECORD} "
-        "are removed first, other files are kept",
+        "are removed once this run has a result to write, other files are kept",
     )
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument(
@@ -198,45 +202,103 @@ def plan_outputs(args, inputs, tasks):
     return plan
 
 
-def check_output_free(args, single_file, plan, keep=()):
+def run_outputs(args, plan, tasks, out_dir, single_file):
+    """Every file the run writes, as (path, what it is): the results, the mask files and each
+    folder's categories.json of --save-masks, the run record."""
+    outputs = [(p, f"the result {p} of {path}") for path, (pngs, json_path) in plan.items()
+               for p in pngs + [json_path]]
+    if args.save_masks:
+        outputs += [(p, f"the mask file {p} of {path}") for path, (_, json_path) in plan.items()
+                    for p in planned_mask_files(json_path, tasks)]
+        # each folder's categories.json too: --overwrite with another vocabulary replaces it
+        outputs += [(p, f"the vocabulary file {p} of --save-masks") for p in sorted(
+            {os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})]
+    if not single_file:
+        record = os.path.join(out_dir, RUN_RECORD)
+        outputs.append((record, f"the run record {record}"))
+    return outputs
+
+
+def check_one_file_each(outputs):
+    """ValueError naming both when two outputs of the run (``run_outputs``) are one file;
+    names that differ only in case count as one (some file systems ignore case)."""
+    seen = {}
+    for path, what in outputs:
+        key = os.path.realpath(path).lower()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {what} would be one file: rename the input so that "
+                             "their names differ, or choose another --output")
+        seen[key] = what
+
+
+def earlier_run_files(args, single_file, plan, keep=()):
     """ValueError unless --output is free: a folder that does not exist or is empty, a .png
-    whose results (``plan``) do not exist yet; or --overwrite. With --overwrite, the files the
-    earlier run listed in its ``RUN_RECORD`` are removed (nothing else), except ``keep``: this
-    run's inputs and masks files, which an earlier run may have written (its sample photos)."""
+    whose results (``plan``) do not exist yet; or --overwrite. Removes nothing: returns the
+    files of the earlier run that this run replaces, removed only once it has a result to
+    write (``replace_earlier_run``): in a folder, those its ``RUN_RECORD`` lists, except
+    ``keep`` (this run's inputs and masks files, which an earlier run may have written: its
+    sample photos); for a .png, the mask files its JSON result lists (``mask_files``)."""
     out = args.output
     if single_file:
         taken = [p for pngs, json_path in plan.values() for p in pngs + [json_path] if os.path.exists(p)]
         if taken and not args.overwrite:
             raise ValueError(f"{taken[0]} exists: choose another --output, or add --overwrite to replace it")
-        return
+        return earlier_mask_files(next(iter(plan.values()))[1]) if args.overwrite else []
     if not os.path.isdir(out) or not os.listdir(out):
-        return
+        return []
     if not args.overwrite:
         raise ValueError(
             f"--output {out} is not empty (results of an earlier run?): choose a new folder, or "
             f"add --overwrite to replace the demo's earlier results there ({RUN_RECORD} lists them)"
         )
     record = os.path.join(out, RUN_RECORD)
-    if os.path.isfile(record):
-        with open(record) as f:
-            written = json.load(f).get("written", [])
-        root = os.path.realpath(out)
-        for rel in written:
-            path = os.path.realpath(os.path.join(out, rel))
-            if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
-                os.remove(path)
-        os.remove(record)
+    if not os.path.isfile(record):
+        return []
+    with open(record) as f:
+        written = json.load(f).get("written", [])
+    root = os.path.realpath(out)
+    stale = []
+    for rel in written:
+        path = os.path.realpath(os.path.join(out, rel))
+        if path.startswith(root + os.sep) and os.path.isfile(path) and path not in keep:
+            stale.append(path)
+    return stale
 
 
-def check_no_mask_files(plan, tasks):
-    """--save-masks never replaces a file: ValueError naming the first that exists."""
-    keys = [TASKS[task] for task in tasks]
-    for pngs, json_path in plan.values():
-        base = os.path.splitext(json_path)[0]
-        for path in mask_file_paths(os.path.dirname(base), os.path.basename(base), keys):
-            if os.path.lexists(path):
-                raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
-                                 "choose another --output folder or remove it")
+def earlier_mask_files(json_path):
+    """The mask files that the demo's earlier result ``json_path`` lists as its own
+    (``mask_files``) and that exist; only the names --save-masks gives its stem."""
+    try:
+        with open(json_path) as f:
+            listed = json.load(f).get("mask_files", [])
+    except (OSError, ValueError, AttributeError):  # no result there, or not the demo's
+        return []
+    folder, stem = os.path.split(os.path.splitext(json_path)[0])
+    own = {os.path.realpath(p) for p in mask_file_paths(folder, stem)}
+    listed = {os.path.realpath(os.path.join(folder, name)) for name in listed if isinstance(name, str)}
+    return sorted(p for p in own & listed if os.path.isfile(p))
+
+
+def replace_earlier_run(stale):
+    """Removes the earlier run's files that this run replaces (``earlier_run_files``)."""
+    for path in stale:
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def check_no_mask_files(plan, tasks, replaced=()):
+    """--save-masks never replaces a file, except the earlier run's that --overwrite replaces
+    (``replaced``): ValueError naming the first that exists."""
+    for path in (p for _, json_path in plan.values() for p in planned_mask_files(json_path, tasks)):
+        if os.path.lexists(path) and os.path.realpath(path) not in replaced:
+            raise ValueError(f"--save-masks: {path} exists; mask files never replace a file: "
+                             "choose another --output folder or remove it")
+
+
+def planned_mask_files(json_path, tasks):
+    """The mask files --save-masks writes beside the JSON result ``json_path``."""
+    base = os.path.splitext(json_path)[0]
+    return mask_file_paths(os.path.dirname(base), os.path.basename(base), [TASKS[task] for task in tasks])
 
 
 def check_writable(folders):
@@ -361,38 +423,43 @@ def main(argv=None):
                                  "masks of your own: use one or the other")
             tasks, masks = ["masks"], masks_files(args.masks, inputs)
         plan = plan_outputs(args, inputs, tasks)
+        outputs = run_outputs(args, plan, tasks, out_dir, single_file_output)
+        check_one_file_each(outputs)
         results = {os.path.realpath(p) for pngs, json_path in plan.values() for p in pngs + [json_path]}
         for given in (masks.values() if args.masks else []):
             if os.path.realpath(given) in results:
                 raise ValueError(f"a result would replace the masks file {given}: choose another --output folder")
-        keep = {os.path.realpath(p) for p in (inputs if args.input else [])}
+        # this run's inputs (its sample photos too) and masks files are never the earlier run's to remove
+        keep = {os.path.realpath(p) for p in inputs}
         keep |= {os.path.realpath(p) for p in (masks.values() if args.masks else [])}
-        check_output_free(args, single_file_output, plan, keep)
+        stale = earlier_run_files(args, single_file_output, plan, keep)
         if not args.input:
             check_writable([out_dir])
-            sample_photos(os.path.join(out_dir, "inputs"))
         check_writable(os.path.dirname(p) for pngs, json_path in plan.values() for p in pngs + [json_path])
         if args.save_masks:
-            check_no_mask_files(plan, tasks)
+            check_no_mask_files(plan, tasks, replaced=set(stale))
+        # A bad config or model fails here, before anything of an earlier run is removed.
+        setup_logger(name="maskclip_d2")
+        if args.backend == "onnx":
+            from maskclip_d2.deploy import ONNXPredictor
+
+            predictor = ONNXPredictor(args.onnx_model, opts=args.opts)
+            cfg = predictor.cfg
+        else:
+            try:
+                cfg = setup_cfg(args)
+            except (KeyError, AssertionError) as err:  # yacs' unknown keys (file / --opts)
+                raise ValueError(f"{args.config_file} / --opts: {err.args[0] if err.args else err}") from None
+            predictor = None
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    setup_logger(name="maskclip_d2")
-    if args.backend == "onnx":
-        from maskclip_d2.deploy import ONNXPredictor
-
-        predictor = ONNXPredictor(args.onnx_model, opts=args.opts)
-        cfg = predictor.cfg
-    else:
-        cfg = setup_cfg(args)
-        predictor = None
     if cfg.MODEL.CLIP.WEIGHTS == "random":
         print(
             "NOTE: this config uses RANDOM CLIP weights (MODEL.CLIP.WEIGHTS random): the demo "
             "checks that the pipeline runs; its labels and scores mean nothing."
         )
-
     try:
         predictor = predictor or Predictor(cfg)
     except FileNotFoundError as err:
@@ -402,20 +469,35 @@ def main(argv=None):
         return 2
     if vocabulary is None:
         vocabulary, is_thing = predictor.vocabulary, predictor.is_thing
+    try:  # a categories.json that --save-masks would not replace must list this vocabulary
+        for path in (p for p, _ in outputs if os.path.basename(p) == CATEGORIES_FILE):
+            if os.path.realpath(path) not in stale:
+                check_categories(path, vocabulary, is_thing)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
-    if not single_file_output:  # before any result: an interrupted run is replaced whole too
-        planned = ([] if args.input else list(inputs)) + [
-            p for pngs, json_path in plan.values() for p in pngs + [json_path]]
-        if args.save_masks:
-            keys = [TASKS[task] for task in tasks]
-            planned += [p for _, json_path in plan.values()
-                        for p in mask_file_paths(os.path.dirname(json_path),
-                                                 os.path.splitext(os.path.basename(json_path))[0], keys)]
-            # each folder's categories.json too: --overwrite with another vocabulary replaces it
-            planned += sorted({os.path.join(os.path.dirname(j), CATEGORIES_FILE) for _, j in plan.values()})
-        write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
-                           "written": [os.path.relpath(p, out_dir) for p in planned]},
-                          os.path.join(out_dir, RUN_RECORD))
+
+    record = os.path.join(out_dir, RUN_RECORD)
+    planned = ([] if args.input else list(inputs)) + [p for p, _ in outputs if p != record]
+    started = False
+
+    def start_writing():
+        """Once, before this run's first file: the earlier run's files go, and the new run
+        record lists what this run writes (an interrupted run is replaced whole too)."""
+        nonlocal started
+        if started:
+            return
+        started = True
+        replace_earlier_run(stale)
+        if not single_file_output:
+            write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
+                               "written": [os.path.relpath(p, out_dir) for p in planned]},
+                              record)
+
+    if not args.input:
+        start_writing()
+        sample_photos(os.path.join(out_dir, "inputs"))
     failures = 0
     # The bar on a terminal only: piped, it would interleave with the result lines.
     for path in tqdm(inputs, desc="images", unit="img", disable=len(inputs) < 2 or not sys.stderr.isatty()):
@@ -449,16 +531,19 @@ def main(argv=None):
         else:
             outputs, drawn, segments = demo.run_on_image(rgb, vocabulary, tasks, is_thing)
         pngs, json_path = plan[path]
+        start_writing()
         if args.save_masks:
             base = os.path.splitext(json_path)[0]
-            predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
-                                 image_id=os.path.basename(base))
+            mask_files = predictor.save_masks(outputs, os.path.dirname(base), os.path.basename(base),
+                                              image_id=os.path.basename(base))
         for task, png in zip(tasks, pngs):
             with atomic_write(png) as tmp:
                 Image.fromarray(drawn[task]).save(tmp, format="PNG")
         record = {"image": path, "vocabulary": vocabulary,
                   "stuff": [n for n, thing in zip(vocabulary, is_thing) if not thing],
                   **{task: segments[task] for task in tasks}}
+        if args.save_masks:  # the result's own mask files: what --overwrite may replace
+            record["mask_files"] = [os.path.basename(p) for p in mask_files]
         with atomic_write(json_path) as tmp, open(tmp, "w") as f:
             json.dump(record, f, indent=1)
         counts = ", ".join(

@@ -41,7 +41,7 @@ from .predictor import Predictor
 from .utils import atomic_write
 
 __all__ = [
-    "export_onnx", "check_exportable", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
+    "export_onnx", "check_exportable", "check_config_exportable", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
     "MIN_IMAGE_SIDE",
 ]
 
@@ -108,6 +108,25 @@ def check_exportable(model: nn.Module) -> None:
     if not isinstance(model.proposal_network, Mask2FormerProposals):
         raise ValueError(
             f"proposals from {type(model.proposal_network).__name__} do not export: "
+            "MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former'"
+        )
+
+
+def check_config_exportable(cfg) -> None:
+    """``check_exportable`` read from the config: ValueError before the model is built."""
+    mc = cfg.MODEL.MASKCLIP
+    if cfg.MODEL.META_ARCHITECTURE != "MaskCLIP":
+        raise ValueError(f"only MaskCLIP models export, got MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}")
+    if mc.MODE not in ("rma", "mask_tokens"):
+        raise ValueError(f"MODEL.MASKCLIP.MODE {mc.MODE!r} does not export: use 'rma' or 'mask_tokens'")
+    if mc.INFERENCE_DTYPE != "float32":
+        raise ValueError(
+            f"MODEL.MASKCLIP.INFERENCE_DTYPE is {mc.INFERENCE_DTYPE!r}: the ONNX export is "
+            "float32; export with MODEL.MASKCLIP.INFERENCE_DTYPE float32"
+        )
+    if mc.PROPOSAL_NETWORK != "mask2former":
+        raise ValueError(
+            f"proposals from {mc.PROPOSAL_NETWORK!r} do not export: "
             "MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former'"
         )
 

@@ -34,9 +34,11 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image
 
+from .utils.file_io import new_file_mode
+
 __all__ = [
     "UNLABELED", "CATEGORIES_FILE", "mask_file_paths", "save_masks", "load_masks",
-    "write_categories", "read_categories", "write_panoptic", "read_panoptic", "write_semantic",
+    "check_categories", "write_categories", "read_categories", "write_panoptic", "read_panoptic", "write_semantic",
     "read_semantic", "semantic_scores", "write_instances", "read_instances",
 ]
 
@@ -62,6 +64,7 @@ def _new_file(path: str):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())  # mkstemp's file is private (0600); open()'s is not
         try:
             os.link(tmp, path)  # atomic, and refuses to replace
         except FileExistsError:
@@ -98,15 +101,24 @@ def _categories(vocabulary: Sequence[str], is_thing: Sequence[bool]) -> List[Dic
             for k, (name, thing) in enumerate(zip(vocabulary, is_thing))]
 
 
+def check_categories(path: str, vocabulary: Sequence[str], is_thing: Sequence[bool]) -> bool:
+    """True if ``path`` exists and lists the vocabulary with these flags, False if it does
+    not exist, ValueError if it lists others (use another folder): what ``write_categories``
+    will find, checked before any work."""
+    if not os.path.exists(path):
+        return False
+    if read_categories(path) != _categories(vocabulary, is_thing):
+        raise ValueError(
+            f"{path} lists another vocabulary: save masks of this vocabulary in another folder"
+        )
+    return True
+
+
 def write_categories(path: str, vocabulary: Sequence[str], is_thing: Sequence[bool]) -> None:
     """``path``: the vocabulary with its thing flags. An existing file listing the same
     categories is kept; one listing others is a ValueError (use another folder)."""
     categories = _categories(vocabulary, is_thing)
-    if os.path.exists(path):
-        if read_categories(path) != categories:
-            raise ValueError(
-                f"{path} lists another vocabulary: save masks of this vocabulary in another folder"
-            )
+    if check_categories(path, vocabulary, is_thing):
         return
     try:
         _write_json(path, {"categories": categories})

@@ -9,6 +9,7 @@ One export (about 40 s of CPU on one thread) serves the whole module.
 """
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -242,3 +243,27 @@ def test_int8_graph_runs_like_the_float32_one_within_int8_bounds(exported, capsy
     assert "ok: ONNX Runtime's outputs equal PyTorch's up to int8 quantization" in capsys.readouterr().out
     with pytest.raises(ValueError, match="is the graph to quantize"):
         quantize_int8(path, path)
+
+
+@pytest.mark.parametrize("opts, missing, message", [
+    (["MODEL.MASKCLIP.INFERENCE_DTYPE", "bfloat16"], None,
+     "MODEL.MASKCLIP.INFERENCE_DTYPE is 'bfloat16': the ONNX export is float32"),
+    (["MODEL.MASKCLIP.MODE", "baseline"], None, "MODEL.MASKCLIP.MODE 'baseline' does not export"),
+    (["MODEL.MASKCLIP.PROPOSAL_NETWORK", "sam"], None,
+     "proposals from 'sam' do not export: MODEL.MASKCLIP.PROPOSAL_NETWORK must be 'mask2former'"),
+    ([], "onnxruntime.quantization", "--int8 needs ONNX Runtime's quantization (onnxruntime.quantization)"),
+])
+def test_export_tool_checks_its_prerequisites_before_building_the_model(tmp_path, capsys, monkeypatch,
+                                                                         opts, missing, message):
+    tool = load_script("tools/export_onnx.py")
+
+    if missing:
+        monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: import fails
+    output = tmp_path / "model.onnx"
+    # Building this model would fail (no such CLIP file): the refusal must come first.
+    rc = tool.main(["--config-file", TINY, "--output", str(output), "--int8",
+                    "--opts", *opts, "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}"), err
+    assert os.listdir(tmp_path) == []

@@ -101,6 +101,20 @@ def test_files_are_never_replaced(predictor, outputs, tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(list(before) + ["other.semantic.png"])
 
 
+def test_files_get_the_permissions_of_an_ordinary_new_file(predictor, outputs, tmp_path):
+    """Readable by whoever may read the folder's other files (not the private 0600 of a
+    temporary file)."""
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        written = predictor.save_masks(outputs, str(tmp_path), "coffee")
+    finally:
+        os.umask(umask)
+    modes = {os.path.basename(p): stat.S_IMODE(os.stat(p).st_mode) for p in written + [str(tmp_path / CATEGORIES_FILE)]}
+    assert modes == {name: 0o644 for name in modes}
+
+
 def test_more_than_255_classes_make_a_16_bit_label_png(tmp_path):
     labels = np.array([[0, 254, 255], [300, 846, -1]])
     write_semantic(str(tmp_path / "a.png"), labels, num_classes=847)

@@ -12,6 +12,7 @@ Run the result with ``demo/demo.py --backend onnx --onnx-model model.onnx`` or
 ``maskclip_d2.deploy.ONNXPredictor("model.onnx")``. See maskclip_d2/deploy.py for the graphs.
 """
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -23,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
-from maskclip_d2.deploy import ONNXPredictor, check_exportable, export_onnx, text_graph_path  # noqa: E402
+from maskclip_d2.deploy import (  # noqa: E402
+    ONNXPredictor, check_config_exportable, check_exportable, export_onnx, text_graph_path,
+)
 from maskclip_d2.export_check import (  # noqa: E402
     RELATIVE_TOLERANCES, compare_outputs, compare_segments, format_report,
 )
@@ -69,6 +72,23 @@ def check_outputs(args, cfg):
             raise ValueError(f"{path} is a folder; --output must name a file")
 
 
+def check_prerequisites(args, cfg):
+    """What the export needs, checked before the model is built: a config that exports
+    (float32, a MaskCLIP with Mask2Former proposals) and the packages of each step."""
+    check_config_exportable(cfg)
+    needed = [("onnxscript", "the export", "torch.onnx's exporter")]
+    if not args.no_check:
+        needed.append(("onnxruntime", "the check against PyTorch (--no-check skips it)", "ONNX Runtime"))
+    if args.int8:
+        needed.append(("onnxruntime.quantization", "--int8", "ONNX Runtime's quantization"))
+    for module, step, what in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ValueError(f"{step} needs {what} ({module}): pip install {module.split('.')[0]} "
+                             "as pinned in requirements.txt") from None
+
+
 def compare(cfg, model, path, tolerances=RELATIVE_TOLERANCES, rounding="float32 rounding"):
     """PyTorch against ONNX Runtime on a photograph: each output's largest difference relative
     to its scale (``maskclip_d2.export_check``) and the segments' agreement, printed. True if
@@ -109,6 +129,7 @@ def main(argv=None):
     cfg.freeze()
     try:
         check_outputs(args, cfg)
+        check_prerequisites(args, cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

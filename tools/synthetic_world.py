@@ -408,7 +408,7 @@ def run_study(out: Path, scale_name: str, seed: int, image_size: int, ablations:
     with atomic_write(str(out / "results.json")) as tmp, open(tmp, "w") as f:
         json.dump(results, f, indent=1)
     print(format_table(results))
-    print(f"proposal recall@0.5 (all / base / novel): trained "
+    print("proposal recall@0.5 (all / base / novel): trained "
           + " / ".join(f"{results['proposal_recall_50'][s]:.1f}" for s in SPLITS)
           + ", untrained " + " / ".join(f"{results['proposal_recall_50_untrained'][s]:.1f}" for s in SPLITS))
     total = record["seconds"]["total"]

@@ -12,6 +12,7 @@ One image through ``MaskCLIP.forward``:
   5. masks are resized to the output size and post-processed (``postprocessing.py``).
 """
 import difflib
+import functools
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -262,10 +263,8 @@ class MaskCLIP(nn.Module):
                 f"resizes images and proposals to a square CLIP input: use a square image size"
             )
         check_clip_normalisation(cfg, clip_model)
-        tower_loader = None
-        if weights != "random":
-            def tower_loader():
-                return build_clip_model(clip_name, weights, cache_dir=cache_dir, architecture=architecture)
+        tower_loader = None if weights == "random" else functools.partial(
+            build_clip_model, clip_name, weights, cache_dir=cache_dir, architecture=architecture)
 
         text_encoder = CLIPTextEncoder(cfg, clip_model, tower_loader=tower_loader)
         del clip_model  # its towers live on in the encoders

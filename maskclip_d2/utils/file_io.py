@@ -2,8 +2,9 @@
 import contextlib
 import json
 import os
+import tempfile
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "new_file_mode"]
 
 
 @contextlib.contextmanager
@@ -11,6 +12,8 @@ def atomic_write(path):
     """Yields a temporary path beside ``path`` to write to; once the block completes, the
     file is renamed to ``path``, so ``path`` never holds half a file. If the block raises,
     the temporary file is removed and ``path`` is left as it was. The folder is created.
+    Each call has a temporary file of its own (``.<name>.<random>.partial``): two writers of
+    one path never share one, and no other file is touched.
 
         with atomic_write("out/result.json") as tmp:
             with open(tmp, "w") as f:
@@ -18,13 +21,22 @@ def atomic_write(path):
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.partial"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+    os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, new_file_mode())  # mkstemp's file is private (0600); open()'s is not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def new_file_mode():
+    """The mode ``open()`` gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0o077)  # read by setting it: a strict one for that instant
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json_atomic(obj, path):

@@ -1,8 +1,8 @@
 """demo/app.py's logic without a browser (tests/e2e/test_app_browser.py drives the page): the
 vocabulary from the box, the presets and the stuff field; bad input refused with a readable
 message; huge images scaled down with a notice; sliders that post-process cached outputs as
-a full run would; concurrent requests each getting their own result; request folders
-removed."""
+a full run would; concurrent requests each getting their own result; a result's files kept
+for the last ``keep_requests`` requests, however old."""
 import importlib.util
 import os
 import threading
@@ -79,7 +79,7 @@ def test_sliders_post_process_the_cached_outputs_as_a_full_run(app, tmp_path):
     Image.fromarray(skimage.data.coffee()[::5, ::5]).save(path)
     state, _ = app.segment(str(path), "cat; cup; table", [], "table")
     runs = app.model_runs
-    drawn, segments, zip_path, _, used = app.render(state, 0.2, 0.3, 7, 0.0)
+    drawn, segments, zip_path, _, used, _ = app.render(state, 0.2, 0.3, 7, 0.0)
     assert app.model_runs == runs  # post-processing only
     assert "top-k 7" in used and len(segments["instance"]) == 7
     # the same as a full run of the model configured with those thresholds
@@ -114,13 +114,35 @@ def test_concurrent_requests_each_get_their_own_result(app, tmp_path):
     assert results == serial
 
 
-def test_request_folders_hold_only_the_zip_and_are_removed_later(app, tmp_path):
+def test_a_results_files_stay_downloadable_until_keep_requests_newer_requests(app, tmp_path):
+    """The page links a result's files (its pictures, its zip) for as long as it is shown:
+    however old, a request's folder stays until ``keep_requests`` newer requests came."""
+    import zipfile
+
     path = tmp_path / "rocket.png"
     Image.fromarray(skimage.data.rocket()[::5, ::5]).save(path)
     state, _ = app.segment(str(path), "rocket; sky", [], "sky")
     zip_path = app.render(state, 0.0, 0.5, 100, 0.5)[2]
     folder = os.path.dirname(zip_path)
-    assert os.listdir(folder) == ["rocket_masks.zip"]
-    os.utime(folder, (0, 0))  # an old request: removed by the next one
+    before = open(zip_path, "rb").read()
+    os.utime(folder, (0, 0))  # long past any delay: the old code removed it on the next request
     app.render(state, 0.0, 0.5, 100, 0.5)
-    assert not os.path.exists(folder)
+    assert open(zip_path, "rb").read() == before
+    assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(
+        ["rocket.panoptic.png", "rocket.panoptic.json", "rocket.semantic.png", "rocket.instances.json",
+         "categories.json"])
+
+    # bounded: a server keeps the last keep_requests requests' folders, each its own files
+    small = app_module.SegmentationApp(app.predictor, max_image_size=120, keep_requests=2,
+                                       temp_root=str(tmp_path / "small"))
+    results = [small.render(state, 0.0, 0.5, 100, 0.5) for _ in range(3)]
+    folders = [os.path.dirname(r[2]) for r in results]
+    assert not os.path.exists(folders[0]) and all(os.path.isdir(f) for f in folders[1:])
+    drawn, _, zip_path, _, _, pictures = results[-1]
+    assert sorted(os.listdir(folders[-1])) == ["rocket_instance.png", "rocket_masks.zip", "rocket_panoptic.png",
+                                               "rocket_semantic.png"]
+    assert zip_path == os.path.join(folders[-1], "rocket_masks.zip")
+    for task, picture in pictures.items():  # the pictures the page shows, as PNG files
+        assert np.array_equal(np.asarray(Image.open(picture)), drawn[task]), task
+    with pytest.raises(ValueError, match="keep_requests must be 1 or more"):
+        app_module.SegmentationApp(app.predictor, keep_requests=0, temp_root=str(tmp_path / "none"))

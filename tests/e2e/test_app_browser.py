@@ -315,6 +315,29 @@ def test_two_users_at_once_each_get_their_own_result(server, checkpoint, tmp_pat
     assert server["network_log"].read_text() == ""
 
 
+def test_a_results_files_are_served_from_its_request_folder_not_from_gradios_cache(server, tmp_path):
+    """Gradio's cache is emptied of files older than its delete_cache age while a page may
+    still show them; a result's pictures and zip are served from the app's request folder,
+    which keeps the last --keep-requests requests (tests/e2e/test_app.py)."""
+    from gradio_client import Client, handle_file
+
+    scene = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()[::4, ::4].copy()).save(scene)
+    client = Client(server["url"], verbose=False, download_files=False)
+    result = client.predict(handle_file(str(scene)), "cat; sofa", [], "", 0.0, 0.5, 100, 0.0,
+                            api_name="/on_run")
+    pictures, download = result[:3], result[-2]  # (pictures, legend, table, zip, status)
+    for served in (*pictures, download):
+        path = os.path.realpath(served["path"])
+        assert os.path.dirname(os.path.dirname(path)).endswith(os.sep + "requests"), path
+        assert path.startswith(os.path.realpath(server["tmp"])), path
+    assert os.path.basename(download["path"]) == "chelsea_masks.zip"
+    archive = zipfile.ZipFile(io.BytesIO(fetch(download["url"])))
+    assert "chelsea.panoptic.png" in archive.namelist()
+    shown = np.asarray(Image.open(io.BytesIO(fetch(pictures[0]["url"]))))
+    assert np.array_equal(shown, np.asarray(Image.open(pictures[0]["path"])))
+
+
 def test_the_app_removes_its_temporary_files_at_exit(server):
     # runs after the browser test (same module-scoped server): stop it, nothing remains
     process = server["process"]

@@ -329,3 +329,101 @@ def test_overwrite_keeps_this_runs_inputs_even_when_an_earlier_run_wrote_them(tm
     assert {p.name: p.read_bytes() for p in sorted((out / "inputs").iterdir())} == before
     assert sorted(n for n in os.listdir(out) if n.endswith("_semantic.png")) == [
         p.stem + "_semantic.png" for p in photos]
+
+
+# ---- --overwrite removes the earlier run's results only once this run writes its own --------
+def test_overwrite_keeps_the_earlier_results_when_the_model_or_every_input_fails(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "in" / "one.png")
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--output", str(out), "--vocab", VOCAB, "--task", "semantic",
+              "--save-masks", "--overwrite"]
+    assert demo.main([*common, "--input", str(pic)]) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    assert sorted(before) == ["categories.json", "demo_run.json", "one.json", "one.semantic.png",
+                              "one_semantic.png"]
+    capsys.readouterr()
+    # the model cannot load (no such CLIP file): refused, the earlier results all kept
+    assert demo.main([*common, "--input", str(pic), "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"]) == 2
+    assert "/nonexistent.pt" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # a bad config key: the same
+    assert demo.main([*common, "--input", str(pic), "--opts", "MODEL.NO_SUCH_KEY", "1"]) == 2
+    assert f"error: {TINY} / --opts: Non-existent key: MODEL.NO_SUCH_KEY\n" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # no input can be read: nothing written, so nothing of the earlier run removed
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not a PNG")
+    assert demo.main([*common, "--input", str(broken), str(tmp_path / "in" / "missing.png")]) == 1
+    assert "skipped" in capsys.readouterr().out
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    # a run that writes replaces them
+    assert demo.main([*common, "--input", str(_small_photo(tmp_path / "in2" / "two.png", "chelsea"))]) == 0
+    assert sorted(os.listdir(out)) == ["categories.json", "demo_run.json", "two.json", "two.semantic.png",
+                                       "two_semantic.png"]
+
+
+# ---- no output of a run replaces another ---------------------------------------------------
+@pytest.mark.parametrize("names, options, first, second", [
+    # x's mask file x.panoptic.json is the JSON result of x.panoptic.jpg
+    (["x.jpg", "x.panoptic.jpg"], ["--save-masks"],
+     "the result {out}/x.panoptic.json of {inputs}/x.panoptic.jpg",
+     "the mask file {out}/x.panoptic.json of {inputs}/x.jpg"),
+    (["demo_run.png"], [], "the result {out}/demo_run.json of {inputs}/demo_run.png",
+     "the run record {out}/demo_run.json"),
+    (["categories.png", "cat.png"], ["--save-masks"],
+     "the result {out}/categories.json of {inputs}/categories.png",
+     "the vocabulary file {out}/categories.json of --save-masks"),
+])
+def test_outputs_of_one_run_that_would_share_a_name_are_refused_naming_both(
+        tmp_path, capsys, names, options, first, second):
+    inputs = tmp_path / "in"
+    for name in names:
+        _small_photo(inputs / name, fmt="JPEG" if name.endswith(".jpg") else "PNG")
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", TINY, "--input", *[str(inputs / n) for n in names], "--output", str(out),
+                    "--vocab", VOCAB, "--task", "panoptic", *options,
+                    "--opts", "MODEL.CLIP.WEIGHTS", "/nonexistent.pt"])  # refused before the model loads
+    assert rc == 2
+    err = capsys.readouterr().err
+    expected = f"error: {first} and {second} would be one file: rename".format(out=out, inputs=inputs)
+    assert err.startswith(expected), err
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_a_png_output_with_save_masks_reruns_with_overwrite_replacing_only_its_own_files(tmp_path, capsys):
+    import torch
+
+    pic = _small_photo(tmp_path / "in" / "pic.png")
+    res = tmp_path / "res" / "res.png"
+    argv = ["--config-file", TINY, "--input", str(pic), "--output", str(res), "--vocab", VOCAB,
+            "--task", "panoptic,semantic", "--save-masks", "--overwrite"]
+    torch.manual_seed(0)
+    assert demo.main(argv) == 0
+    (tmp_path / "res" / "notes.txt").write_text("mine")
+    first = {n: (res.parent / n).read_bytes() for n in os.listdir(res.parent)}
+    assert sorted(first) == ["categories.json", "notes.txt", "res.json", "res.panoptic.json", "res.panoptic.png",
+                             "res.semantic.png", "res_panoptic.png", "res_semantic.png"]
+    # the very same command again: its own earlier files replaced by the same ones
+    torch.manual_seed(0)
+    assert demo.main(argv) == 0, capsys.readouterr().err
+    assert {n: (res.parent / n).read_bytes() for n in os.listdir(res.parent)} == first
+    # a mask file that is not the earlier run's (its JSON does not list it) is still never replaced
+    (res.parent / "res.instances.json").write_text("mine too")
+    capsys.readouterr()
+    assert demo.main([*argv[:-3], "all", "--save-masks", "--overwrite"]) == 2
+    assert f"--save-masks: {res.parent / 'res.instances.json'} exists" in capsys.readouterr().err
+    assert (res.parent / "res.instances.json").read_text() == "mine too"
+
+
+def test_a_categories_file_of_another_vocabulary_is_refused_before_the_earlier_results_go(tmp_path, capsys):
+    pic = _small_photo(tmp_path / "in" / "one.png")
+    out = tmp_path / "out"
+    common = ["--config-file", TINY, "--input", str(pic), "--output", str(out), "--task", "semantic"]
+    assert demo.main([*common, "--vocab", VOCAB]) == 0
+    # not the earlier run's (its record does not list it): never replaced
+    (out / "categories.json").write_text(json.dumps({"categories": [{"id": 0, "name": "dog", "isthing": 1}]}))
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    capsys.readouterr()
+    assert demo.main([*common, "--vocab", "cat; sky", "--save-masks", "--overwrite"]) == 2
+    assert f"error: {out / 'categories.json'} lists another vocabulary" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
