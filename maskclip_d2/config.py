@@ -70,6 +70,11 @@ def add_mask2former_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     # Mask2Former fixes the encoder's feed-forward width at 1024 in code; here it is a key.
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # Mask2Former runs the pixel decoder in float32 under any autocast (float16's range). Under
+    # bfloat16 autocast (float32's range: MODEL.MASKCLIP.INFERENCE_DTYPE bfloat16) True lets its
+    # projections and feed-forward layers run in bfloat16 too (the bilinear sampling stays
+    # float32); False is Mask2Former's float32 pixel decoder. Float32 runs do not read it.
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_BFLOAT16 = True
     return cfg
 
 

@@ -79,6 +79,43 @@ def test_bfloat16_runs_the_networks_in_bfloat16_and_hands_on_float32():
         h1.remove(), h2.remove()
 
 
+@pytest.mark.parametrize("bfloat16_pixel_decoder", [True, False])
+def test_pixel_decoder_runs_bfloat16_only_when_the_key_says_and_samples_in_float32(bfloat16_pixel_decoder):
+    """MODEL.SEM_SEG_HEAD.PIXEL_DECODER_BFLOAT16: the deformable encoder's projections in
+    bfloat16 under bfloat16 inference (True) or float32 as Mask2Former (False); its bilinear
+    sampling (grid_sample) reads float32 either way; float16 autocast keeps it float32."""
+    import maskclip_d2.modeling.proposals.pixel_decoder.ms_deform_attn as ms_deform_attn
+
+    model = tiny_model("MODEL.MASKCLIP.INFERENCE_DTYPE", "bfloat16",
+                       "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_BFLOAT16", str(bfloat16_pixel_decoder))
+    decoder = model.proposal_network.network.sem_seg_head.pixel_decoder
+    layer = decoder.transformer.encoder.layers[0]
+    projection_dtypes, hook = first_dtype_of(layer.self_attn.value_proj)
+    sampled = []
+    grid_sample = ms_deform_attn.F.grid_sample
+
+    def recording(value, grid, *args, **kwargs):
+        out = grid_sample(value, grid, *args, **kwargs)
+        sampled.append(out.dtype)
+        return out
+
+    ms_deform_attn.F.grid_sample = recording
+    try:
+        predictions(model, photo_inputs(model)[:1])
+        expected = torch.bfloat16 if bfloat16_pixel_decoder else torch.float32
+        assert projection_dtypes == [expected]
+        assert sampled and set(sampled) == {torch.float32}
+        # float16 autocast (Mask2Former's mixed precision): float32, as the reference
+        projection_dtypes.clear()
+        features = model.proposal_network.network.backbone(torch.rand(1, 3, 64, 96))
+        with torch.autocast("cpu", dtype=torch.float16):
+            decoder.forward_features(features)
+        assert projection_dtypes == [torch.float32]
+    finally:
+        ms_deform_attn.F.grid_sample = grid_sample
+        hook.remove()
+
+
 def test_float32_default_runs_no_autocast():
     model = tiny_model()
     assert model.inference_dtype == "float32"

@@ -176,6 +176,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         norm: Optional[Union[str, Callable]] = None,
         transformer_in_features: List[str],
         common_stride: int,
+        bfloat16_autocast: bool = False,
     ):
         """
         Args:
@@ -188,8 +189,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
             transformer_in_features: the backbone features the encoder attends over.
             common_stride: stride of the mask features; finer backbone levels than the
                 encoder's finest, down to this stride, enter through the FPN path.
+            bfloat16_autocast: under bfloat16 autocast, run as the rest of the network does
+                (matrix products in bfloat16; autocast keeps the bilinear sampling, softmax and
+                norms in float32). False (Mask2Former) and under any other autocast: float32.
         """
         super().__init__()
+        self.bfloat16_autocast = bfloat16_autocast
         missing = [name for name in transformer_in_features if name not in input_shape]
         if missing:
             raise ValueError(
@@ -273,6 +278,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
+            "bfloat16_autocast": head.PIXEL_DECODER_BFLOAT16,
         }
 
     def forward_features(
@@ -288,7 +294,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """
         device_type = next(iter(features.values())).device.type
         # deformable attention samples with bilinear weights: kept in float32 under AMP
-        with torch.autocast(device_type=device_type, enabled=False):
+        # (float16), and under bfloat16 autocast unless ``bfloat16_autocast``
+        follow = (self.bfloat16_autocast and torch.is_autocast_enabled(device_type)
+                  and torch.get_autocast_dtype(device_type) == torch.bfloat16)
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=follow):
             srcs, pos = [], []
             for proj, name in zip(self.input_proj, self.transformer_in_features):
                 x = features[name].float()
