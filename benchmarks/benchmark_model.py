@@ -25,9 +25,11 @@ Inference (one image of ``--image-size``, the config's proposals, ``--classes`` 
   ``tasks_s`` / ``reference_tasks_s``: the three tasks (``MaskCLIP.inference_one``) on the last
   forward's class and mask probabilities, against the straightforward implementation they
   replaced (maskclip_d2/modeling/postprocessing_reference.py), fastest of ``--repeats`` each.
-  Memory: ``peak_rss_gb`` the process's peak resident set (build included, ``ru_maxrss``);
-  ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's VmHWM,
-  reset before them); on CUDA ``cuda_weights_gb`` (allocated after the build) and
+  Memory: ``peak_rss_gb`` the process's peak resident set (the larger of
+  ``build_peak_rss_gb``, the peak of the build and the vocabulary's embedding, and the
+  forwards'); ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's
+  VmHWM, reset before each); the bounds' outputs are recorded by one more forward per dtype
+  afterwards, so they count in no timed forward's peak; on CUDA ``cuda_weights_gb`` (allocated after the build) and
   ``cuda_inference_peak_gb`` (``max_memory_allocated`` during the forwards).
   ``checkpoint`` (a process of its own, so that saving counts in no inference peak):
   ``checkpoint_mb`` the file ``StrictCheckpointer`` saves for this model with the config
@@ -52,7 +54,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -226,7 +227,10 @@ def inference_worker(args):
     originals = {step: getattr(meta_arch, step) for step in POSTPROCESSING_STEPS if hasattr(meta_arch, step)}
     for step, fn in originals.items():
         setattr(meta_arch, step, clock.wrap(step, fn))
-    seen = {}  # per dtype: the last forward's post-processing inputs, features, logits, outputs
+    # Per dtype: one more forward's post-processing inputs, features, logits and outputs, for
+    # the bounds and the tasks' reference; recorded after the timed forwards, so that what
+    # is kept (about 0.6 GB per dtype at the paper size) counts in no forward's peak.
+    seen = {}
     inference_one = model.inference_one
     classify = model.text_encoder.classify
 
@@ -241,13 +245,18 @@ def inference_worker(args):
         seen.setdefault(model.inference_dtype, {}).update(features=features, class_logits=logits)
         return logits
 
-    model.inference_one = recording
-    model.text_encoder.classify = recording_classify
+    result["build_peak_rss_gb"] = rss_gb("VmHWM")  # the build and the embedding, before any reset
     try:
         forwards = timed_forwards(model, inputs, clock, device, args.repeats, result, args.dtypes)
     finally:
         for step, fn in originals.items():
             setattr(meta_arch, step, fn)
+    model.inference_one = recording
+    model.text_encoder.classify = recording_classify
+    with torch.no_grad():
+        for dtype in args.dtypes:
+            model.inference_dtype = dtype
+            model(inputs)
     reference_dtype = args.dtypes[0]
     result.update(tasks_against_reference(model, inference_one, seen[reference_dtype], clock, args.repeats))
     if device == "cuda":
@@ -264,7 +273,9 @@ def inference_worker(args):
         result["dtypes"][dtype] = summary
     # the reference dtype's figures at the top level, as before --dtypes
     result.update({k: v for k, v in result["dtypes"][reference_dtype].items() if k != "bounds"})
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # the process's peak: the build's, or a forward's (ru_maxrss would follow the resets of VmHWM)
+    result["peak_rss_gb"] = max(result["build_peak_rss_gb"],
+                                *(d["inference_peak_rss_gb"] for d in result["dtypes"].values()))
     return result
 
 
