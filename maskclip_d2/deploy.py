@@ -38,10 +38,10 @@ from .modeling.maskclip import MaskCLIP
 from .modeling.proposals.sources import Mask2FormerProposals
 from .modeling.clip.text_encoder import CLIPTextEncoder, check_vocabulary, ensemble_embeddings
 from .predictor import Predictor
-from .utils import atomic_write
+from .utils import atomic_write, atomic_write_with_companion
 
 __all__ = [
-    "export_onnx", "check_exportable", "check_config_exportable", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
+    "export_onnx", "external_data_path", "check_exportable", "check_config_exportable", "text_graph_path", "ONNXRuntimeMaskCLIP", "ONNXTextEncoder", "ONNXPredictor",
     "MIN_IMAGE_SIDE",
 ]
 
@@ -56,6 +56,11 @@ CONFIG_KEY = "maskclip_d2.config"
 MIN_SIDE_KEY = "maskclip_d2.min_image_side"
 TEXT_GRAPH_KEY = "maskclip_d2.text_graph"
 SIZE_DIVISIBILITY_KEY = "maskclip_d2.size_divisibility"
+
+# Protobuf limits one ONNX file to 2 GB: a graph with more weights than this (the paper's
+# ViT-L/14@336px + R50: 1.9 GB) keeps them in ``external_data_path(path)`` beside it, ONNX's
+# external data (the threshold is torch.onnx's own).
+EXTERNAL_DATA_BYTES = 3 * 2**29
 
 IMAGE_INPUTS = ("image", "class_embeddings")
 IMAGE_OUTPUTS = ("class_logits", "mask_logits", "objectness")
@@ -142,13 +147,25 @@ def _to_onnx(module: nn.Module, args: Tuple, dynamic_shapes, input_names, output
         )
 
 
+def external_data_path(path: str) -> str:
+    """Where a graph too large for one file keeps its weights: ``x.onnx`` -> ``x.onnx.data``."""
+    return path + ".data"
+
+
 def _save(program, path: str, metadata: Dict[str, str]) -> None:
     for key, value in metadata.items():
         program.model.metadata_props[key] = value
-    with atomic_write(path) as tmp:
-        # One self-contained file (initializers inside): renaming it cannot break a reference
-        # to an external data file. Protobuf limits such a file to 2 GB.
-        program.save(tmp, external_data=False)
+    weights = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                  if v.const_value is not None)
+    if weights <= EXTERNAL_DATA_BYTES:
+        with atomic_write(path) as tmp:
+            # One self-contained file (initializers inside).
+            program.save(tmp, external_data=False)
+        return
+    # Weights in ``external_data_path(path)``, which the graph names by its file name: keep
+    # the two files together in one folder.
+    with atomic_write_with_companion(path, ".data") as staged:
+        program.save(staged, external_data=True)
 
 
 def export_onnx(model: MaskCLIP, cfg: CfgNode, path: str, optimize: bool = False) -> Dict[str, str]:

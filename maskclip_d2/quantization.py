@@ -12,6 +12,7 @@ How close it stays to float32 and how fast it runs: ``tools/export_onnx.py --int
 the same comparison as for the float32 export (``export_check``), with int8-sized tolerances.
 """
 import os
+import tempfile
 
 from .utils import atomic_write
 
@@ -20,6 +21,12 @@ __all__ = ["quantize_int8", "fold_weight_transposes", "INT8_RELATIVE_TOLERANCES"
 # What the int8 graph is checked against (relative to each output's scale, as
 # ``export_check``): int8 weights and activations are ~1% accurate each.
 INT8_RELATIVE_TOLERANCES = {"class_logits": 0.1, "mask_logits": 0.1, "objectness": 0.1}
+
+
+# Protobuf's limit on one serialised model (2 GB), and the weights above which the folded
+# float32 graph is written with external data on the way (torch.onnx's threshold).
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+LARGE_GRAPH_BYTES = 3 * 2**29
 
 
 def int8_path(path: str) -> str:
@@ -38,21 +45,29 @@ def quantize_int8(path: str, output: str) -> str:
         raise ValueError(f"{output} is the graph to quantize; choose another output")
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: export it first (tools/export_onnx.py)")
-    model = onnx.load(path)
+    model = onnx.load(path)  # with its external data, if any (``deploy.external_data_path``)
     metadata = {p.key: p.value for p in model.metadata_props}
     fold_weight_transposes(model)
-    with atomic_write(output) as tmp:
-        onnx.save(model, tmp)  # the weights transposed ahead: what quantize_dynamic recognises
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > LARGE_GRAPH_BYTES
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output)), prefix=".int8.") as tmp:
+        folded = os.path.join(tmp, "folded.onnx")
+        # the weights transposed ahead: what quantize_dynamic recognises; a graph over
+        # protobuf's 2 GB keeps its weights in a file beside it
+        onnx.save(model, folded, save_as_external_data=large, location="folded.onnx.data")
         del model
+        quantized_path = os.path.join(tmp, "quantized.onnx")
         quantize_dynamic(
-            tmp, tmp, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
+            folded, quantized_path, weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=large,
         )
-        quantized = onnx.load(tmp)
+        quantized = onnx.load(quantized_path)
         del quantized.metadata_props[:]
         for key, value in metadata.items():
             quantized.metadata_props.add(key=key, value=value)
-        onnx.save(quantized, tmp)
+        if quantized.ByteSize() > PROTOBUF_LIMIT_BYTES:
+            raise ValueError(f"the int8 graph of {path} is over 2 GB; it cannot be one file")
+        with atomic_write(output) as final:
+            onnx.save(quantized, final)
     return output
 
 

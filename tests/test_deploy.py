@@ -267,3 +267,48 @@ def test_export_tool_checks_its_prerequisites_before_building_the_model(tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}"), err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_graph_over_the_size_limit_keeps_its_weights_in_a_data_file_beside_it(exported, tmp_path, monkeypatch):
+    """Graphs whose weights exceed deploy.EXTERNAL_DATA_BYTES (the paper's ViT-L/14@336px + R50:
+    1.9 GB, over protobuf's 2 GB with the graph) are saved with ONNX external data in
+    NAME.onnx.data, named by its final name (no temporary left behind), and run the same;
+    the int8 quantization takes such a graph through external data too."""
+    import onnx
+    import onnxruntime as ort
+
+    from maskclip_d2 import deploy, quantization
+
+    cfg, model, onnx_model = exported
+    import clip
+
+    tokens = clip.tokenize(["a", "photo of a cat"], context_length=model.text_encoder.context_length).long()
+    program = deploy._to_onnx(
+        deploy._TextGraph(model.text_encoder), (tokens,),
+        ({0: torch.export.Dim("texts", min=1)},), ("tokens",), ("text_embeddings",), False)
+    inline, external = str(tmp_path / "inline.onnx"), str(tmp_path / "external.onnx")
+    deploy._save(program, inline, {})
+    monkeypatch.setattr(deploy, "EXTERNAL_DATA_BYTES", 0)
+    deploy._save(program, external, {"maskclip_d2.test": "kept"})
+    assert sorted(os.listdir(tmp_path)) == ["external.onnx", "external.onnx.data", "inline.onnx"]
+    assert os.path.getsize(external) < os.path.getsize(inline) / 10  # the weights are beside it
+    graph = onnx.load(external, load_external_data=False)
+    assert {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"} \
+        == {"external.onnx.data"}
+    assert {p.key: p.value for p in graph.metadata_props}["maskclip_d2.test"] == "kept"
+    outputs = [ort.InferenceSession(p).run(None, {"tokens": tokens[1:].numpy()})[0] for p in (inline, external)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+    # int8 through the large-graph path equals int8 through the small one
+    image_graph = onnx_model.path
+    small = quantization.quantize_int8(image_graph, str(tmp_path / "small.int8.onnx"))
+    monkeypatch.setattr(quantization, "LARGE_GRAPH_BYTES", 0)
+    large = quantization.quantize_int8(image_graph, str(tmp_path / "large.int8.onnx"))
+    from onnx import numpy_helper
+
+    graphs = [onnx.load(path).graph for path in (small, large)]
+    assert [(n.op_type, list(n.input)) for n in graphs[0].node] == [(n.op_type, list(n.input)) for n in graphs[1].node]
+    weights = [{t.name: numpy_helper.to_array(t) for t in g.initializer} for g in graphs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary left

@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_write", "write_json_atomic", "new_file_mode"]
+__all__ = ["atomic_write", "atomic_write_with_companion", "write_json_atomic", "new_file_mode"]
 
 
 @contextlib.contextmanager
@@ -30,6 +30,26 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_write_with_companion(path, suffix):
+    """Like ``atomic_write`` for a file that names a companion file ``path + suffix`` (an ONNX
+    graph and its external weights, ``x.onnx`` + ``x.onnx.data``): yields a path inside a
+    private temporary folder beside ``path`` with ``path``'s file name, so that what the
+    block writes names the companion by its final name; once the block completes, the
+    companion (if written) is renamed into place, then the file, so the file that refers to
+    the companion appears last and whole. If the block raises, nothing is left behind and
+    ``path`` and its companion are as they were."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial") as tmp:
+        staged = os.path.join(tmp, os.path.basename(path))
+        yield staged
+        for name, target in ((staged + suffix, path + suffix), (staged, path)):
+            if os.path.exists(name):
+                os.chmod(name, new_file_mode())
+                os.replace(name, target)
 
 
 def new_file_mode():
