@@ -126,6 +126,9 @@ def add_maskclip_config(cfg):
     # Masks processed at once in the mask-refinement product (bounds its extra memory; 4 keeps
     # a ViT-L/14@336px chunk in a CPU's L3 cache, see benchmarks/benchmark_encoder.py).
     cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE = 4
+    # The same in training, where every chunk is recomputed in backward: larger chunks save
+    # per-chunk work at the same peak memory (benchmarks/benchmark_model.py's training rows).
+    cfg.MODEL.MASKCLIP.TRAIN_REFINE_CHUNK_SIZE = 32
     # Mask logits >= this (after sigmoid) mark a patch visible to a mask class token.
     cfg.MODEL.MASKCLIP.MASK_THRESHOLD = 0.5
     # CLIP Baseline: masked images sent through CLIP at once.

@@ -5,7 +5,9 @@ class logits, mask logits, objectness) and a text graph (CLIP's text tower), for
     python tools/export_onnx.py --config-file configs/tiny/maskclip_tiny.yaml --output model.onnx \
         [--opts MODEL.WEIGHTS model_final.pth ...]
 
-writes ``model.onnx`` and ``model.text.onnx`` (each whole or not at all), then checks them: one
+writes ``model.onnx`` and ``model.text.onnx`` (each whole or not at all; a graph with over 1.5 GiB
+of weights, such as the paper's ViT-L/14@336px + R50, keeps them in ``model.onnx.data`` beside
+it: move the two together), then checks them: one
 photograph through PyTorch and through ONNX Runtime, each output's largest difference relative
 to its scale (maskclip_d2/export_check.py) and the segments' agreement printed.
 Run the result with ``demo/demo.py --backend onnx --onnx-model model.onnx`` or
@@ -25,7 +27,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from maskclip_d2.config import get_maskclip_cfg  # noqa: E402
 from maskclip_d2.deploy import (  # noqa: E402
-    ONNXPredictor, check_config_exportable, check_exportable, export_onnx, text_graph_path,
+    ONNXPredictor, check_config_exportable, check_exportable, export_onnx, external_data_path,
+    text_graph_path,
 )
 from maskclip_d2.export_check import (  # noqa: E402
     RELATIVE_TOLERANCES, compare_outputs, compare_segments, format_report,
@@ -65,7 +68,8 @@ def check_outputs(args, cfg):
     if not args.output.endswith(".onnx"):
         raise ValueError(f"--output must name an .onnx file, got {args.output}")
     inputs = input_files(args, cfg)
-    for path in (args.output, text_graph_path(args.output), int8_path(args.output)):
+    for path in (args.output, external_data_path(args.output), text_graph_path(args.output),
+                 int8_path(args.output)):
         if os.path.realpath(path) in inputs:
             raise ValueError(f"{path} is an input of the export; choose another --output")
         if os.path.isdir(path):
@@ -119,6 +123,12 @@ def compare(cfg, model, path, tolerances=RELATIVE_TOLERANCES, rounding="float32 
     return within
 
 
+def graph_mb(path):
+    """The size of a graph with its external data file, if it has one."""
+    files = [path, external_data_path(path)]
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) / 2**20
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     if not os.path.isfile(args.config_file):
@@ -145,8 +155,7 @@ def main(argv=None):
     ok = args.no_check or compare(cfg, model, args.output)
     if args.int8:
         int8 = quantize_int8(args.output, int8_path(args.output))
-        print(f"wrote {int8} ({os.path.getsize(int8) / 2**20:.1f} MB; float32: "
-              f"{os.path.getsize(args.output) / 2**20:.1f} MB)")
+        print(f"wrote {int8} ({graph_mb(int8):.1f} MB; float32: {graph_mb(args.output):.1f} MB)")
         if not args.no_check:
             ok = compare(cfg, model, int8, INT8_RELATIVE_TOLERANCES, "int8 quantization") and ok
     return 0 if ok else 1

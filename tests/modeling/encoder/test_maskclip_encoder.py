@@ -357,6 +357,38 @@ def test_refine_chunk_size_does_not_change_results(small_clip):
 # ---- Training: CLIP frozen, gradients only into the added weights -----------------------------
 
 
+def test_training_uses_its_own_chunk_size_with_the_same_gradients(small_clip):
+    """MODEL.MASKCLIP.TRAIN_REFINE_CHUNK_SIZE: with gradients in training the RMA product runs
+    in chunks of that many (image, mask) pairs, in inference REFINE_CHUNK_SIZE; the gradients
+    do not depend on it."""
+    model = copy.deepcopy(small_clip)
+    images, masks = images_for(model), random_masks(2, 64, 8)  # B = 2 images, M = 8 masks
+    grads, chunks = {}, {}
+    for train_chunk in (2, 16):
+        encoder = MaskCLIPVisualEncoder(model.visual, refine_chunk_size=2, train_refine_chunk_size=train_chunk)
+        torch.manual_seed(0)
+        randomise_rma_weights(encoder, std=0.1)
+        layer = encoder.rma_layers[next(iter(encoder.rma_layers.keys()))]
+        calls = []
+        chunk = layer._chunk
+        layer._chunk = lambda *args: calls.append(args[0].shape[1]) or chunk(*args)
+        encoder.train()
+        out = encoder(images, masks)
+        (out["features"].square().mean() + sum(m.sigmoid().mean() for m in out["masks"])).backward()
+        grads[train_chunk] = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+        chunks[train_chunk] = list(calls)  # forward and the recomputation in backward
+        calls.clear()
+        encoder.eval()
+        with torch.no_grad():
+            encoder(images, masks)
+        assert calls == [1] * 8  # inference: 2 pairs = 1 mask of 2 images per chunk
+    assert chunks[2] == [1] * 16  # 8 chunks of 1 mask, each recomputed in backward
+    assert chunks[16] == [8, 8]  # one chunk of all 8 masks (16 pairs), recomputed once
+    assert grads[2].keys() == grads[16].keys() and grads[2]
+    for name in grads[2]:
+        torch.testing.assert_close(grads[2][name], grads[16][name], rtol=1e-4, atol=1e-6)
+
+
 def test_gradients_reach_only_added_weights(small_clip):
     model = copy.deepcopy(small_clip)
     encoder = MaskCLIPVisualEncoder(model.visual, refine_chunk_size=5).train()
@@ -422,6 +454,7 @@ def test_from_config(small_clip):
     encoder = MaskCLIPVisualEncoder(cfg, small_clip.visual)
     assert encoder.mode == "rma" and list(encoder.rma_layers) == ["1", "2", "3"]
     assert encoder.refine_chunk_size == cfg.MODEL.MASKCLIP.REFINE_CHUNK_SIZE
+    assert encoder.train_refine_chunk_size == cfg.MODEL.MASKCLIP.TRAIN_REFINE_CHUNK_SIZE
     cfg.MODEL.MASKCLIP.RMA_LAYERS = [3]
     cfg.MODEL.MASKCLIP.MASK_THRESHOLD = 0.7
     encoder = MaskCLIPVisualEncoder(cfg, small_clip.visual)
