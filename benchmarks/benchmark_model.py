@@ -36,6 +36,13 @@ Inference (one image of ``--image-size``, the config's proposals, ``--classes`` 
   naming its CLIP and proposal weights (what training writes, with the optimizer state),
   beside ``full_checkpoint_mb``, every weight (Detectron2's ``DetectionCheckpointer``).
 
+ONNX Runtime (``--onnx NAME.onnx [NAME.int8.onnx]``: graphs ``tools/export_onnx.py`` wrote for the
+same config, ``--int8`` for the second): each graph in a process of its own through
+``ONNXRuntimeMaskCLIP`` on the same photograph and vocabulary, timed as the PyTorch forwards
+(the graph and the post-processing), with the file size; one table then puts PyTorch float32 /
+bfloat16 and ONNX Runtime float32 / int8 side by side. (Their agreement with PyTorch is what
+``tools/export_onnx.py`` checks when it writes them.)
+
 Training (``--train-config``, default ViT-B/16; ``--train-batch`` images of ``--train-size``
 pixels with ``--train-segments`` ground-truth segments each; the config's proposals):
   one forward + backward + AdamW step of the RMA weights, "ours" (the MaskCLIP Visual
@@ -101,9 +108,12 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=int, default=1024, help="training image side (LSJ crop)")
     parser.add_argument("--train-segments", type=int, default=20, help="ground-truth segments per image")
     parser.add_argument("--train-repeats", type=int, default=2)
+    parser.add_argument("--onnx", nargs="+", default=[], metavar="GRAPH",
+                        help="also time these exported image graphs with ONNX Runtime (tools/export_onnx.py "
+                        "of the same config: NAME.onnx, NAME.int8.onnx), in processes of their own")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
-    parser.add_argument("--worker", choices=["inference", "training", "kernels", "checkpoint"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["inference", "training", "kernels", "checkpoint", "onnx"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -397,6 +407,44 @@ def checkpoint_worker(args):
     return result
 
 
+# ---- ONNX Runtime worker ---------------------------------------------------------------------
+def onnx_worker(args):
+    """An exported graph (``tools/export_onnx.py``, float32 or ``--int8``) run by ONNX Runtime
+    through ``ONNXRuntimeMaskCLIP`` on the same photograph and vocabulary: the graph (proposals
+    + encoder + class logits) and the post-processing timed, the peak RSS of each forward."""
+    from maskclip_d2.deploy import ONNXRuntimeMaskCLIP, external_data_path
+
+    path = args.variant
+    model = ONNXRuntimeMaskCLIP(path, num_threads=args.threads).eval()
+    names, is_thing = vocabulary(args.classes)
+    model.set_vocabulary(names, is_thing)
+    with torch.no_grad():
+        model.fix_vocabularies([names])
+    files = [f for f in (path, external_data_path(path)) if os.path.isfile(f)]
+    result = {"graph": path, "graph_mb": sum(file_mb(f) for f in files), "rss_before_inference_gb": rss_gb()}
+    height, width = args.image_size
+    inputs = [{"image": photo(height, width), "height": height, "width": width}]
+    clock = StageClock(args.device)
+    model.predict = clock.wrap("graph", model.predict)
+    runs = []
+    with torch.no_grad():
+        model(inputs)  # warm-up
+        for _ in range(args.repeats):
+            gc.collect()
+            reset = reset_peak_rss()
+            clock.times = {}
+            start = clock.now()
+            model(inputs)
+            total = clock.now() - start
+            runs.append({"total_s": total, "graph_s": clock.times["graph"],
+                         "post_processing_s": total - clock.times["graph"],
+                         "peak_rss_gb": rss_gb("VmHWM") if reset else float("nan")})
+    result.update(min(runs, key=lambda t: t["total_s"]))
+    result["inference_peak_rss_gb"] = max(t["peak_rss_gb"] for t in runs)
+    result["forwards"] = runs
+    return result
+
+
 # ---- kernel census worker -------------------------------------------------------------------
 def onednn_log(fn):
     """The lines oneDNN's verbose mode prints while ``fn()`` runs (it writes to the process's
@@ -568,7 +616,7 @@ def main(argv=None):
 
         logging.disable(logging.WARNING)  # "CLIP has RANDOM weights": known, and intended here
         worker = {"inference": inference_worker, "training": training_worker, "kernels": kernels_worker,
-                  "checkpoint": checkpoint_worker}[args.worker]
+                  "checkpoint": checkpoint_worker, "onnx": onnx_worker}[args.worker]
         print(json.dumps(worker(args)))
         return
 
@@ -585,6 +633,8 @@ def main(argv=None):
     if not args.no_inference:
         results["inference"] = {v: run_worker(args, "inference", v) for v in args.variants}
         results["checkpoint"] = run_worker(args, "checkpoint")
+        if args.onnx:
+            results["onnx"] = {path: run_worker(args, "onnx", path) for path in args.onnx}
         if args.device == "cpu" and not args.no_kernels:
             results["kernels"] = run_worker(args, "kernels")
     if not args.no_training:
@@ -615,12 +665,34 @@ def report(results):
         c = results["checkpoint"]
         print(f"  checkpoint {c['checkpoint_mb']:.1f} MB (full {c['full_checkpoint_mb']:.1f} MB)")
     dtype_table(results)
+    backend_table(results)
     if "training" in results:
         t = results["training"]
         print(f"  training, {t['clip']}, batch {t['batch']} x {t['image_size']} px: ours {t['ours_s']:.2f} s, "
               f"{t['ours_peak_mb']:.0f} MB; dense reference {t['dense_reference_s']:.2f} s, "
               f"{t['dense_reference_peak_mb']:.0f} MB (time x{t['time_ratio']:.2f}, memory x{t['peak_ratio']:.2f})")
 
+
+
+def backend_table(results):
+    """PyTorch float32 / bfloat16 (variant "ours") and the ONNX Runtime graphs in one table:
+    seconds per image and the ratio to PyTorch float32, the peak RSS of a forward."""
+    ours = results.get("inference", {}).get("ours")
+    if not results.get("onnx") or not ours or "dtypes" not in ours:
+        return
+    base = ours["dtypes"][results["dtypes"][0]]["total_s"]
+    print("\n| backend | precision | total s | x PyTorch " + results["dtypes"][0] + " | networks s | "
+          "post_processing s | forward peak RSS GB | file MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in results["dtypes"]:
+        d = ours["dtypes"][dtype]
+        networks = d["total_s"] - d["post_processing_s"]
+        print(f"| PyTorch | {dtype} | {d['total_s']:.2f} | {d['total_s'] / base:.2f} | {networks:.2f} | "
+              f"{d['post_processing_s']:.2f} | {d['inference_peak_rss_gb']:.2f} | |")
+    for path, r in results["onnx"].items():
+        precision = "int8 (dynamic)" if path.endswith(".int8.onnx") else "float32"
+        print(f"| ONNX Runtime | {precision} | {r['total_s']:.2f} | {r['total_s'] / base:.2f} | {r['graph_s']:.2f} | "
+              f"{r['post_processing_s']:.2f} | {r['inference_peak_rss_gb']:.2f} | {r['graph_mb']:.0f} |")
 
 
 def dtype_table(results):

@@ -168,3 +168,21 @@ def test_study_refuses_to_write_into_a_used_folder(tmp_path):
     with pytest.raises(SystemExit, match="is not empty"):
         tool.main(["--scale", "ci", "--output", str(tmp_path)])
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_bfloat16_evaluation_of_the_study_is_close_to_float32(study, tmp_path):
+    """benchmarks/benchmark_synthetic_dtype.py: the study's own evaluation commands again with
+    --dtype bfloat16; its figures close to the float32 ones (one seed: no spread to judge)."""
+    out, results = study
+    script = REPO / "benchmarks/benchmark_synthetic_dtype.py"
+    report = tmp_path / "dtype.json"
+    run = subprocess.run([sys.executable, str(script), str(out), "--modes", "rma", "--json", str(report)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {(r["split"], r["metric"]): r for r in json.loads(report.read_text())["rows"]}
+    assert rows[("all", "PQ")]["float32"] == [results["modes"]["rma"]["all"]["PQ"]]
+    for (split, metric), row in rows.items():
+        assert row["within_seed_spread"] is None
+        assert abs(row["bfloat16"][0] - row["float32"][0]) <= 5, (split, metric, row)
+    assert "| rma | all | PQ |" in run.stdout
+    assert (out / "eval_bfloat16" / "rma" / "eval_results.json").is_file()
