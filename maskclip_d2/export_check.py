@@ -35,6 +35,9 @@ def compare_outputs(ours: Dict[str, torch.Tensor], theirs: Dict[str, torch.Tenso
             "max_abs": max_abs, "scale": scale, "relative": max_abs / scale,
             "tolerance": tolerance, "within": max_abs / scale <= tolerance,
         }
+        if key == "class_logits" and a.numel():  # which class (or no-object) each mask gets
+            report[key]["argmax_agree"] = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+            report[key]["masks"] = int(a.shape[:-1].numel())
     return report
 
 
@@ -71,6 +74,8 @@ def format_report(outputs: Dict[str, Dict], segments: Dict[str, float], names=("
         lines.append(
             f"  {key}: max |{a} - {b}| = {r['max_abs']:.1e}, {r['relative']:.1e} of its scale "
             f"{r['scale']:.3g} (tolerance {r['tolerance']:.0e}): {'ok' if r['within'] else 'TOO LARGE'}"
+            + (f"; class argmax equal for {100 * r['argmax_agree']:.1f}% of {r['masks']} masks"
+               if "argmax_agree" in r else "")
         )
     if "panoptic_pixels_agree" in segments:
         lines.append(

@@ -55,3 +55,16 @@ def test_segments_compare_by_class_not_by_id():
     assert report == {"segments": 2, "other_segments": 2, "panoptic_pixels_agree": pytest.approx(5 / 6),
                       "semantic_pixels_agree": 1.0}
     assert "83.33% of pixels in a segment of the same class" in format_report({}, report)
+
+
+def test_class_argmax_agreement_is_reported_per_mask():
+    ours = outputs(scale=8.0)
+    theirs = {k: v.clone() for k, v in ours.items()}
+    logits = theirs["class_logits"]
+    masks = logits.shape[:-1].numel()
+    first = logits[0, 0]
+    first[first.argmin()] = first.max() + 1  # one mask changes its class
+    report = compare_outputs(ours, theirs)
+    assert report["class_logits"]["masks"] == masks
+    assert report["class_logits"]["argmax_agree"] == pytest.approx((masks - 1) / masks)
+    assert f"class argmax equal for {100 * (masks - 1) / masks:.1f}% of {masks} masks" in format_report(report, {})
