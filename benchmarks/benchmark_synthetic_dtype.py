@@ -67,7 +67,8 @@ def bfloat16_command(folder: Path, mode: str):
         raise SystemExit(f"{folder / 'run.json'} has no {key} command")
     argv = commands[key]
     argv = argv.split(" ") if isinstance(argv, str) else list(argv)  # "" stays an (empty) value
-    argv = [str(folder) + a[len("OUTPUT"):] if a.startswith("OUTPUT") else a for a in argv]
+    # the study writes its folder as OUTPUT in the commands (OUTPUT/clip/..., not OUTPUT_DIR)
+    argv = [str(folder) + a[len("OUTPUT"):] if a == "OUTPUT" or a.startswith("OUTPUT/") else a for a in argv]
     out = folder / "eval_bfloat16" / mode
     index = argv.index("OUTPUT_DIR")
     argv[index + 1] = str(out)
