@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "detectron2>=0.6",
-        "torch>=2.1",
+        "torch>=2.4",  # torch.get_autocast_dtype (the pixel decoder under bfloat16)
         "torchvision",
         "numpy<2",
         "Pillow>=10.4",

@@ -72,8 +72,9 @@ def add_mask2former_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
     # Mask2Former runs the pixel decoder in float32 under any autocast (float16's range). Under
     # bfloat16 autocast (float32's range: MODEL.MASKCLIP.INFERENCE_DTYPE bfloat16) True lets its
-    # projections and feed-forward layers run in bfloat16 too (the bilinear sampling stays
-    # float32); False is Mask2Former's float32 pixel decoder. Float32 runs do not read it.
+    # projections and feed-forward layers run in bfloat16 too (its residual stream, softmax and
+    # bilinear sampling stay float32); False is Mask2Former's float32 pixel decoder. Float32
+    # runs compute the same either way.
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_BFLOAT16 = True
     return cfg
 

@@ -91,6 +91,7 @@ def test_pixel_decoder_runs_bfloat16_only_when_the_key_says_and_samples_in_float
     decoder = model.proposal_network.network.sem_seg_head.pixel_decoder
     layer = decoder.transformer.encoder.layers[0]
     projection_dtypes, hook = first_dtype_of(layer.self_attn.value_proj)
+    norm_dtypes, norm_hook = first_dtype_of(layer.norm2)  # the residual stream, normalised
     sampled = []
     grid_sample = ms_deform_attn.F.grid_sample
 
@@ -105,6 +106,7 @@ def test_pixel_decoder_runs_bfloat16_only_when_the_key_says_and_samples_in_float
         expected = torch.bfloat16 if bfloat16_pixel_decoder else torch.float32
         assert projection_dtypes == [expected]
         assert sampled and set(sampled) == {torch.float32}
+        assert norm_dtypes == [torch.float32]  # the residual stream stays float32 on CPU too
         # float16 autocast (Mask2Former's mixed precision): float32, as the reference
         projection_dtypes.clear()
         features = model.proposal_network.network.backbone(torch.rand(1, 3, 64, 96))
@@ -113,7 +115,7 @@ def test_pixel_decoder_runs_bfloat16_only_when_the_key_says_and_samples_in_float
         assert projection_dtypes == [torch.float32]
     finally:
         ms_deform_attn.F.grid_sample = grid_sample
-        hook.remove()
+        hook.remove(), norm_hook.remove()
 
 
 def test_float32_default_runs_no_autocast():

@@ -147,7 +147,8 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(
             batch, num_queries, self.n_heads, self.n_levels * self.n_points
         )
-        weights = weights.softmax(-1).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
+        # float32 softmax (a no-op in float32; under bfloat16 autocast the projection is bfloat16)
+        weights = weights.float().softmax(-1).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
 
         # offsets are in pixels of each level: divide by (W_l, H_l)
         level_sizes = torch.tensor(

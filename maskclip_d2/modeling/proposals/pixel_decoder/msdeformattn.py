@@ -189,9 +189,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             transformer_in_features: the backbone features the encoder attends over.
             common_stride: stride of the mask features; finer backbone levels than the
                 encoder's finest, down to this stride, enter through the FPN path.
-            bfloat16_autocast: under bfloat16 autocast, run as the rest of the network does
-                (matrix products in bfloat16; autocast keeps the bilinear sampling, softmax and
-                norms in float32). False (Mask2Former) and under any other autocast: float32.
+            bfloat16_autocast: under bfloat16 autocast, run as the rest of the network does:
+                the projections and feed-forward layers in bfloat16; the encoder's residual
+                stream and layer norms, the attention weights' softmax and the bilinear sampling
+                in float32 (on CPU, autocast runs the FPN's group norms in bfloat16). False
+                (Mask2Former) and under any other autocast: float32 throughout.
         """
         super().__init__()
         self.bfloat16_autocast = bfloat16_autocast
@@ -301,7 +303,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             srcs, pos = [], []
             for proj, name in zip(self.input_proj, self.transformer_in_features):
                 x = features[name].float()
-                srcs.append(proj(x))
+                # float32 levels: the encoder's residual stream, and so its layer norms, stay
+                # float32 under bfloat16 autocast too (CPU autocast would run a norm of a
+                # bfloat16 input in bfloat16); a no-op in float32
+                srcs.append(proj(x).float())
                 pos.append(self.pe_layer(x))
             memory, spatial_shapes = self.transformer(srcs, pos)
 
