@@ -26,8 +26,9 @@ Inference (one image of ``--image-size``, the config's proposals, ``--classes`` 
   forward's class and mask probabilities, against the straightforward implementation they
   replaced (maskclip_d2/modeling/postprocessing_reference.py), fastest of ``--repeats`` each.
   Memory: ``peak_rss_gb`` the process's peak resident set (the larger of
-  ``build_peak_rss_gb``, the peak of the build and the vocabulary's embedding, and the
-  forwards'); ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's
+  ``warmup_peak_rss_gb``, the peak of the build, the vocabulary's embedding and the warm-up
+  forwards, and the timed forwards'; ``ru_maxrss`` where the kernel's peak cannot be reset);
+  ``build_peak_rss_gb`` the build's and the embedding's alone; ``inference_peak_rss_gb`` the peak during the timed forwards only (the kernel's
   VmHWM, reset before each); the bounds' outputs are recorded by one more forward per dtype
   afterwards, so they count in no timed forward's peak; on CUDA ``cuda_weights_gb`` (allocated after the build) and
   ``cuda_inference_peak_gb`` (``max_memory_allocated`` during the forwards).
@@ -61,6 +62,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -261,6 +263,8 @@ def inference_worker(args):
     finally:
         for step, fn in originals.items():
             setattr(meta_arch, step, fn)
+    if device == "cuda":  # the timed forwards' peak, before the recording forwards below
+        result["cuda_inference_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     model.inference_one = recording
     model.text_encoder.classify = recording_classify
     with torch.no_grad():
@@ -269,8 +273,6 @@ def inference_worker(args):
             model(inputs)
     reference_dtype = args.dtypes[0]
     result.update(tasks_against_reference(model, inference_one, seen[reference_dtype], clock, args.repeats))
-    if device == "cuda":
-        result["cuda_inference_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     result["dtypes"] = {}
     for dtype, runs in forwards.items():
         summary = dict(min(runs, key=lambda t: t["total_s"]))
@@ -283,9 +285,13 @@ def inference_worker(args):
         result["dtypes"][dtype] = summary
     # the reference dtype's figures at the top level, as before --dtypes
     result.update({k: v for k, v in result["dtypes"][reference_dtype].items() if k != "bounds"})
-    # the process's peak: the build's, or a forward's (ru_maxrss would follow the resets of VmHWM)
-    result["peak_rss_gb"] = max(result["build_peak_rss_gb"],
-                                *(d["inference_peak_rss_gb"] for d in result["dtypes"].values()))
+    # the process's peak: the build's and warm-ups', or a timed forward's (ru_maxrss would
+    # follow the resets of VmHWM); without resets (no /proc/self/clear_refs), ru_maxrss itself
+    if result["peak_rss_reset"]:
+        result["peak_rss_gb"] = max(result["warmup_peak_rss_gb"],
+                                    *(d["inference_peak_rss_gb"] for d in result["dtypes"].values()))
+    else:
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
 
 
@@ -354,6 +360,7 @@ def timed_forwards(model, inputs, clock, device, repeats, result, dtypes):
         for dtype in dtypes:
             model.inference_dtype = dtype
             model(inputs)  # warm-up
+        result["warmup_peak_rss_gb"] = rss_gb("VmHWM")  # the build and the warm-ups, before any reset
         gc.collect()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()

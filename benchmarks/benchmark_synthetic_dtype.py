@@ -5,7 +5,8 @@ difference from their float32 evaluation set against the float32 spread over see
 
 For every seed folder of the study (``STUDY/seed_<s>/``) and every mode (``--modes``), the
 study's own evaluation command (its ``run.json``) runs again with ``--dtype bfloat16`` into
-``STUDY/seed_<s>/eval_bfloat16/<mode>/`` (one thread, the study's datasets); then one table:
+``OUTPUT/seed_<s>/<mode>/`` (``--output``, default ``STUDY/eval_bfloat16``, which must not
+exist yet: nothing is reused or replaced; one thread, the study's datasets); then one table:
 per mode and metric the float32 mean over seeds, the bfloat16 mean, the paired difference
 (bfloat16 - float32, seed by seed: mean ± 95% t half-width) and the float32 standard deviation
 over seeds. bfloat16 is "within the seed spread" when |mean difference| <= that deviation (exit
@@ -14,7 +15,6 @@ status 1 when it is not, for some figure). A one-seed run's folder works too (no
     python benchmarks/benchmark_synthetic_dtype.py output/ci64
     python benchmarks/benchmark_synthetic_dtype.py output/ci64 --modes rma --json out.json
 
-Finished bfloat16 evaluations are reused (delete ``eval_bfloat16/`` to run them again).
 """
 import argparse
 import json
@@ -43,6 +43,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="the OUTPUT folder of tools/synthetic_world.py --seeds (with seed_<s>/ folders)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--output", help="folder for the bfloat16 evaluations (default STUDY/eval_bfloat16); "
+                        "must not exist yet")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     return parser.parse_args(argv)
 
@@ -59,8 +61,8 @@ def seed_folders(study: Path):
     return finished
 
 
-def bfloat16_command(folder: Path, mode: str):
-    """The study's evaluation command of ``mode`` with --dtype bfloat16 and its own output."""
+def bfloat16_command(folder: Path, mode: str, out: Path):
+    """The study's evaluation command of ``mode`` with --dtype bfloat16, writing to ``out``."""
     commands = json.loads((folder / "run.json").read_text())["commands"]
     key = f"eval_{mode}"
     if key not in commands:
@@ -69,7 +71,8 @@ def bfloat16_command(folder: Path, mode: str):
     argv = argv.split(" ") if isinstance(argv, str) else list(argv)  # "" stays an (empty) value
     # the study writes its folder as OUTPUT in the commands (OUTPUT/clip/..., not OUTPUT_DIR)
     argv = [str(folder) + a[len("OUTPUT"):] if a == "OUTPUT" or a.startswith("OUTPUT/") else a for a in argv]
-    out = folder / "eval_bfloat16" / mode
+    if "OUTPUT_DIR" not in argv:
+        raise SystemExit(f"{folder / 'run.json'}: the {key} command has no OUTPUT_DIR")
     index = argv.index("OUTPUT_DIR")
     argv[index + 1] = str(out)
     script = argv.index("train_net.py") if "train_net.py" in argv else next(
@@ -78,20 +81,20 @@ def bfloat16_command(folder: Path, mode: str):
     return argv, out
 
 
-def evaluate(folder: Path, mode: str) -> dict:
-    argv, out = bfloat16_command(folder, mode)
-    result = out / "eval_results.json"
-    if not result.is_file():
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASKCLIP_CLIP_DOWNLOAD="0",
-                   DETECTRON2_DATASETS=str(folder / "datasets"))
-        out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        with open(out / "log.txt", "w") as log:
-            run = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        if run.returncode != 0:
-            raise SystemExit(f"the bfloat16 evaluation failed: see {out / 'log.txt'}")
-        print(f"{folder.name} {mode}: evaluated in bfloat16 in {time.perf_counter() - start:.0f} s", flush=True)
-    return json.loads(result.read_text())
+def evaluate(folder: Path, mode: str, out: Path) -> dict:
+    """Runs the bfloat16 evaluation afresh (nothing is reused: the code or the model may have
+    changed since an earlier one) and returns its eval_results.json."""
+    argv, out = bfloat16_command(folder, mode, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASKCLIP_CLIP_DOWNLOAD="0",
+               DETECTRON2_DATASETS=str(folder / "datasets"))
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    with open(out / "log.txt", "w") as log:
+        run = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if run.returncode != 0:
+        raise SystemExit(f"the bfloat16 evaluation failed: see {out / 'log.txt'}")
+    print(f"{folder.name} {mode}: evaluated in bfloat16 in {time.perf_counter() - start:.0f} s", flush=True)
+    return json.loads((out / "eval_results.json").read_text())
 
 
 def figure(evaluated: dict, split: str, metric) -> float:
@@ -102,10 +105,13 @@ def figure(evaluated: dict, split: str, metric) -> float:
 def main(argv=None):
     args = parse_args(argv)
     folders = seed_folders(Path(args.study))
+    output = Path(args.output or Path(args.study) / "eval_bfloat16")
+    if output.exists():
+        raise SystemExit(f"{output} exists: remove it or choose another --output (nothing is replaced)")
     rows = []
     for mode in args.modes:
         float32 = [json.loads((f / "eval" / mode / "eval_results.json").read_text()) for f in folders]
-        bfloat16 = [evaluate(f, mode) for f in folders]
+        bfloat16 = [evaluate(f, mode, output / f.name / mode) for f in folders]
         for split in SPLITS:
             for metric in METRICS:
                 a = np.array([figure(e, split, metric) for e in float32])

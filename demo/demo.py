@@ -478,8 +478,8 @@ def main(argv=None):
         return 2
     demo = VisualizationDemo(predictor, args.confidence_threshold, side_by_side=args.side_by_side)
 
-    record = os.path.join(out_dir, RUN_RECORD)
-    planned = ([] if args.input else list(inputs)) + [p for p, _ in outputs if p != record]
+    run_record = os.path.join(out_dir, RUN_RECORD)
+    planned = ([] if args.input else list(inputs)) + [p for p, _ in outputs if p != run_record]
     started = False
 
     def start_writing():
@@ -493,7 +493,7 @@ def main(argv=None):
         if not single_file_output:
             write_json_atomic({"argv": sys.argv[1:] if argv is None else list(argv),
                                "written": [os.path.relpath(p, out_dir) for p in planned]},
-                              record)
+                              run_record)
 
     if not args.input:
         start_writing()

@@ -57,9 +57,9 @@ MIN_SIDE_KEY = "maskclip_d2.min_image_side"
 TEXT_GRAPH_KEY = "maskclip_d2.text_graph"
 SIZE_DIVISIBILITY_KEY = "maskclip_d2.size_divisibility"
 
-# Protobuf limits one ONNX file to 2 GB: a graph with more weights than this (the paper's
-# ViT-L/14@336px + R50: 1.9 GB) keeps them in ``external_data_path(path)`` beside it, ONNX's
-# external data (the threshold is torch.onnx's own).
+# Protobuf limits one ONNX file to 2 GB: a graph with more weights than this (e.g. with a
+# ViT-H/14 image tower; the paper's ViT-L/14@336px + R50 image graph is 1.4 GB, one file) keeps
+# them in ``external_data_path(path)`` beside it, ONNX's external data (torch.onnx's threshold).
 EXTERNAL_DATA_BYTES = 3 * 2**29
 
 IMAGE_INPUTS = ("image", "class_embeddings")

@@ -49,7 +49,9 @@ def quantize_int8(path: str, output: str) -> str:
     metadata = {p.key: p.value for p in model.metadata_props}
     fold_weight_transposes(model)
     large = sum(len(t.raw_data) for t in model.graph.initializer) > LARGE_GRAPH_BYTES
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output)), prefix=".int8.") as tmp:
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".int8.") as tmp:
         folded = os.path.join(tmp, "folded.onnx")
         # the weights transposed ahead: what quantize_dynamic recognises; a graph over
         # protobuf's 2 GB keeps its weights in a file beside it

@@ -270,8 +270,8 @@ def test_export_tool_checks_its_prerequisites_before_building_the_model(tmp_path
 
 
 def test_a_graph_over_the_size_limit_keeps_its_weights_in_a_data_file_beside_it(exported, tmp_path, monkeypatch):
-    """Graphs whose weights exceed deploy.EXTERNAL_DATA_BYTES (the paper's ViT-L/14@336px + R50:
-    1.9 GB, over protobuf's 2 GB with the graph) are saved with ONNX external data in
+    """Graphs whose weights exceed deploy.EXTERNAL_DATA_BYTES (e.g. with a ViT-H/14 image tower,
+    over protobuf's 2 GB limit on one file) are saved with ONNX external data in
     NAME.onnx.data, named by its final name (no temporary left behind), and run the same;
     the int8 quantization takes such a graph through external data too."""
     import onnx

@@ -6,7 +6,7 @@ class logits, mask logits, objectness) and a text graph (CLIP's text tower), for
         [--opts MODEL.WEIGHTS model_final.pth ...]
 
 writes ``model.onnx`` and ``model.text.onnx`` (each whole or not at all; a graph with over 1.5 GiB
-of weights, such as the paper's ViT-L/14@336px + R50, keeps them in ``model.onnx.data`` beside
+of weights, such as one with a ViT-H/14 image tower, keeps them in ``model.onnx.data`` beside
 it: move the two together), then checks them: one
 photograph through PyTorch and through ONNX Runtime, each output's largest difference relative
 to its scale (maskclip_d2/export_check.py) and the segments' agreement printed.

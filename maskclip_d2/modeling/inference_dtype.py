@@ -3,9 +3,11 @@ numerics that decide outputs in float32.
 
 What runs in bfloat16 (``torch.autocast`` on the model's device, CPU or CUDA): the matrix
 products and convolutions of the proposal network (R50 + pixel decoder + transformer decoder)
-and of the MaskCLIP Visual Encoder (CLIP's image tower, RMA). Autocast itself keeps softmax,
-layer norm and the losses in float32. What stays float32: the text embeddings (computed
-outside), the cosine classification, the mask logits handed on (cast back after each network),
+and of the MaskCLIP Visual Encoder (CLIP's image tower, RMA). The residual streams stay
+float32 (a bfloat16 product added to a float32 stream is float32), and so their layer norms;
+on CUDA autocast also runs every softmax and norm in float32, on CPU those of bfloat16 inputs
+in bfloat16 (the pixel decoder keeps its levels and attention-weight softmax float32 itself).
+What stays float32: the text embeddings (computed outside), the cosine classification, the mask logits handed on (cast back after each network),
 and all post-processing (softmax over classes, sigmoid, thresholds, ``postprocessing.py``).
 
 "float32" (the default) changes nothing: no autocast, the paper's protocol.

@@ -29,7 +29,8 @@ __all__ = [
 OVERLAP_RULES = ("mask2former", "visible")
 # Per-mask reductions over (M, H, W) run on chunks of about this many elements, so that their
 # temporaries (an int64 or float32 copy) stay near 32 MB instead of M x H x W (0.4 GB for 100
-# masks of 640 x 853 pixels): memory only, the values are the same.
+# masks of 640 x 853 pixels): memory only; the areas are the same, the mask qualities the same
+# up to float rounding (a sum's order may depend on the chunk's size).
 CHUNK_ELEMENTS = 2**22
 # Instance inference on a vocabulary with things and stuff:
 #   "after_topk":  top-k (mask, class) pairs over all classes, then keep the things

@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 
 __all__ = ["atomic_write", "atomic_write_with_companion", "write_json_atomic", "new_file_mode"]
 
@@ -53,10 +54,23 @@ def atomic_write_with_companion(path, suffix):
 
 
 def new_file_mode():
-    """The mode ``open()`` gives a new file: 0666 less the process's umask."""
-    umask = os.umask(0o077)  # read by setting it: a strict one for that instant
-    os.umask(umask)
+    """The mode ``open()`` gives a new file: 0666 less the process's umask, read from
+    ``/proc/self/status`` (Linux) without changing it; elsewhere by setting and restoring it,
+    under a lock (the umask is the process's, shared by its threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # read by setting it: a strict one for that instant
+        os.umask(umask)
     return 0o666 & ~umask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def write_json_atomic(obj, path):

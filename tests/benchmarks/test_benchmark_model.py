@@ -32,7 +32,9 @@ def test_tiny_benchmark_prints_the_dtype_table_and_consistent_memory(tmp_path):
     assert bounds["mask_feature_cosine_min"] >= 0.999 and bounds["masks"] == 10
     assert "bounds" not in ours["dtypes"]["float32"]  # the reference of the bounds
     peaks = [d["inference_peak_rss_gb"] for d in ours["dtypes"].values()]
-    assert ours["peak_rss_gb"] == max(ours["build_peak_rss_gb"], *peaks)
+    # the process's peak covers the build, the warm-ups and every timed forward
+    assert all(ours["peak_rss_gb"] >= x for x in (ours["build_peak_rss_gb"], ours["warmup_peak_rss_gb"], *peaks))
+    assert ours["build_peak_rss_gb"] <= ours["warmup_peak_rss_gb"]
     assert ours["rss_before_inference_gb"] <= ours["peak_rss_gb"]
     assert 0 < results["checkpoint"]["checkpoint_mb"] < results["checkpoint"]["full_checkpoint_mb"]
     assert "| bfloat16 | " in run.stdout and "bfloat16 vs float32: mask-feature cosine" in run.stdout

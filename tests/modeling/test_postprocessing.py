@@ -102,3 +102,24 @@ def test_no_mask_kept_and_no_detection():
     assert segments == [] and not seg.any()
     empty = instance_inference(class_probs[:0], mask_probs[:0], 10, is_thing)
     assert len(empty) == 0 and empty.pred_masks.shape == (0, 37, 53)
+
+
+@pytest.mark.parametrize("masks", [13, 0])
+def test_mask_areas_and_quality_are_those_of_all_masks_at_once_whatever_the_chunks(monkeypatch, masks):
+    """ImageMasks reduces a few masks at a time (postprocessing.CHUNK_ELEMENTS) to bound its
+    temporaries: the same areas, the same qualities up to rounding, empty masks and none too."""
+    import maskclip_d2.modeling.postprocessing as postprocessing
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(masks, 40, 30, generator=g)
+    if masks:
+        probs[3] = 0.1  # an empty mask: area 0, quality 0
+    on = probs >= 0.5
+    areas = torch.count_nonzero(on.flatten(1), dim=1)
+    quality = torch.where(on, probs, 0.0).flatten(1).sum(1) / areas.clamp(min=1)
+    for chunk in (1, 1200 * 2, 1200 * 5, 2**22):  # a mask, 2 masks, 5 masks (13 = 5 + 5 + 3), all
+        monkeypatch.setattr(postprocessing, "CHUNK_ELEMENTS", chunk)
+        image = ImageMasks(probs)
+        assert torch.equal(image.areas, areas)
+        torch.testing.assert_close(image.quality, quality, rtol=1e-6, atol=1e-7)
+        assert image.areas.shape == image.quality.shape == (masks,)

@@ -176,8 +176,8 @@ def test_bfloat16_evaluation_of_the_study_is_close_to_float32(study, tmp_path):
     out, results = study
     script = REPO / "benchmarks/benchmark_synthetic_dtype.py"
     report = tmp_path / "dtype.json"
-    run = subprocess.run([sys.executable, str(script), str(out), "--modes", "rma", "--json", str(report)],
-                         capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run([sys.executable, str(script), str(out), "--modes", "rma", "--json", str(report),
+                          "--output", str(tmp_path / "bfloat16")], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
     rows = {(r["split"], r["metric"]): r for r in json.loads(report.read_text())["rows"]}
     assert rows[("all", "PQ")]["float32"] == [results["modes"]["rma"]["all"]["PQ"]]
@@ -185,4 +185,4 @@ def test_bfloat16_evaluation_of_the_study_is_close_to_float32(study, tmp_path):
         assert row["within_seed_spread"] is None
         assert abs(row["bfloat16"][0] - row["float32"][0]) <= 5, (split, metric, row)
     assert "| rma | all | PQ |" in run.stdout
-    assert (out / "eval_bfloat16" / "rma" / "eval_results.json").is_file()
+    assert (tmp_path / "bfloat16" / out.name / "rma" / "eval_results.json").is_file()
