@@ -29,12 +29,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from maskclip_d2.synthetic_world.report import interval95  # noqa: E402
+from maskclip_d2.synthetic_world.report import SPLITS, interval95  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
 
 MODES = ("baseline", "mask_tokens", "rma")
-# results.json's splits -> the registered datasets the evaluation writes
-SPLITS = {"all": "synthetic_world_val_all", "base": "synthetic_world_val_base", "novel": "synthetic_world_val_novel"}
 METRICS = (("PQ", "panoptic_seg", "PQ"), ("mIoU", "sem_seg", "mIoU"), ("AP", "segm", "AP"))
 
 

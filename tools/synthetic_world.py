@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from maskclip_d2.synthetic_world.analysis import mask_token_view, pixel_confusion  # noqa: E402
 from maskclip_d2.synthetic_world.clip_pretraining import SYNTHETIC_CLIP  # noqa: E402
-from maskclip_d2.synthetic_world.report import summarize  # noqa: E402
+from maskclip_d2.synthetic_world.report import SPLITS, summarize  # noqa: E402
 from maskclip_d2.synthetic_world.world import CONCEPTS, write_world  # noqa: E402
 from maskclip_d2.utils import atomic_write  # noqa: E402
 
@@ -77,8 +77,6 @@ MODES = {  # mode -> config; what MODEL.WEIGHTS it evaluates
 # every L/4-th layer, here 1, 2, 3, 4. Table 9's "every k-th vs the last layers" at two layers
 # (2, 4 vs 3, 4) and the number of RMA layers (4: 4 layers; 2, 4: 2; 4 alone: 1).
 RMA_ABLATIONS = {"rma_every2nd": [2, 4], "rma_last2": [3, 4], "rma_last1": [4]}
-SPLITS = {"all": "synthetic_world_val_all", "base": "synthetic_world_val_base",
-          "novel": "synthetic_world_val_novel"}
 BREAKS = ("shuffle_labels", "random_clip", "vocab_offset")
 STAGE1_CONFIG = "configs/synthetic/class_agnostic_mask2former.yaml"
 NOVEL = {c.name for c in CONCEPTS if c.novel}

@@ -18,8 +18,11 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["PAIRS", "TABLES", "interval95", "render_tables", "summarize"]
+__all__ = ["PAIRS", "SPLITS", "TABLES", "interval95", "render_tables", "summarize"]
 
+# results.json's splits -> the registered validation datasets whose evaluation gives them
+SPLITS = {"all": "synthetic_world_val_all", "base": "synthetic_world_val_base",
+          "novel": "synthetic_world_val_novel"}
 # results.json entries that are not figures over seeds
 _NOT_FIGURES = {"scale", "seed", "image_size", "clip_token_grid", "proposal_remedy", "break",
                 "settings", "stage2_total_loss", "layers"}
@@ -206,6 +209,14 @@ def _figures_of(summary: Mapping, name: str) -> Mapping:
     return summary["figures"]["modes"][name]
 
 
+def _paired_cell(a_values: Sequence[float], b_values: Sequence[float]) -> str:
+    """``a - b`` seed by seed as mean ± 95% half-width; **bold** where the interval excludes 0."""
+    diff = interval95(np.subtract(a_values, b_values))
+    low, high = diff["ci95"]
+    cell = _cell(diff)
+    return f"**{cell}**" if diff["n"] > 1 and (low > 0 or high < 0) else cell
+
+
 def table_pairs(summaries: Sequence[Mapping]) -> str:
     """Paired differences (same seed: same world, CLIP and proposals) between modes: mean ±
     95% half-width of the per-seed differences; **bold** where the interval excludes 0."""
@@ -218,23 +229,11 @@ def table_pairs(summaries: Sequence[Mapping]) -> str:
                 fa, fb = _figures_of(summary, a), _figures_of(summary, b)
             except KeyError:
                 continue  # a run without that mode (no --ablations)
-            cells = []
-            for metric, split in metrics:
-                diff = interval95(np.subtract(fa[split][metric]["values"], fb[split][metric]["values"]))
-                cell = _cell(diff)
-                low, high = diff["ci95"]
-                cells.append(f"**{cell}**" if diff["n"] > 1 and (low > 0 or high < 0) else cell)
+            cells = [_paired_cell(fa[split][metric]["values"], fb[split][metric]["values"])
+                     for metric, split in metrics]
             label = f"{a.split(':')[-1]} - {b.split(':')[-1]} ({_grid(summary)})"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _paired_cell(a_values: Sequence[float], b_values: Sequence[float]) -> str:
-    """``a - b`` seed by seed as mean ± 95% half-width; **bold** where the interval excludes 0."""
-    diff = interval95(np.subtract(a_values, b_values))
-    low, high = diff["ci95"]
-    cell = _cell(diff)
-    return f"**{cell}**" if diff["n"] > 1 and (low > 0 or high < 0) else cell
 
 
 def table_remedy(summaries: Sequence[Mapping]) -> str:
